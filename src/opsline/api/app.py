@@ -1,0 +1,45 @@
+"""``create_app``: the FastAPI application for one runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from opsline import __version__
+from opsline.api.errors import install_error_handlers
+from opsline.api.middleware import RequestContextMiddleware
+from opsline.api.ops import router as ops_router
+from opsline.api.routers import api_routers
+from opsline.bootstrap import bootstrap
+from opsline.platform.runtime import Runtime
+from opsline.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or bootstrap(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.start_background()
+        try:
+            yield
+        finally:
+            runtime.stop_background()
+
+    app = FastAPI(
+        title="Opsline",
+        version=__version__,
+        description="Multi-tenant operations backend on one durable job-and-event engine.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(ops_router)
+    for router in api_routers():
+        app.include_router(router, prefix="/api/v1")
+    return app

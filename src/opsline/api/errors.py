@@ -1,0 +1,91 @@
+"""One renderer for every error: RFC 9457 problem documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opsline.platform.http.problems import PROBLEM_BASE, Problem
+
+PROBLEM_JSON = "application/problem+json"
+
+_TITLES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Permission denied"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("too-large", "Request too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-error", "Invalid request"),
+    429: ("rate-limited", "Too many requests"),
+    500: ("internal", "Internal server error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str,
+    *,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    slug, title = _TITLES.get(status, ("error", "Error"))
+    content = body or {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    content.setdefault("instance", request.url.path)
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        content["request_id"] = request_id
+    return JSONResponse(content, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(request, exc.status, exc.detail, body=exc.body(), headers=exc.headers)
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no resource at {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
+    slug, title = _TITLES[422]
+    body = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": 422,
+        "detail": f"fix these fields: {fields}" if fields else "the request is not valid",
+        "errors": errors,
+    }
+    return problem_response(request, 422, body["detail"], body=body)  # type: ignore[arg-type]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(RequestValidationError, _on_validation)

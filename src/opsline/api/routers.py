@@ -1,0 +1,16 @@
+"""Every router mounted under /api/v1, platform first, then capabilities."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from opsline.platform.auth.api import router as auth_router
+from opsline.platform.tenancy.api import router as tenancy_router
+
+
+def api_routers() -> list[APIRouter]:
+    return [
+        auth_router,
+        tenancy_router,
+        # engine
+    ]

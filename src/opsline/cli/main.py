@@ -1,0 +1,28 @@
+"""Assembles the command groups of the platform and every capability."""
+
+from __future__ import annotations
+
+import typer
+
+from opsline import __version__
+from opsline.cli import platform as platform_cli
+
+app = typer.Typer(
+    name="opsline",
+    help="Opsline: a multi-tenant operations backend on one durable job-and-event engine.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+platform_cli.register(app)
+# engine commands
+
+
+@app.command()
+def version() -> None:
+    """Print the Opsline version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

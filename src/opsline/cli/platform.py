@@ -1,0 +1,198 @@
+"""Platform commands: serve, migrate, demo, tenants, users, API keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from opsline.cli._common import cli_runtime, console, fail
+from opsline.platform.auth import service as auth
+from opsline.platform.auth.roles import Role, all_permissions
+from opsline.platform.tenancy import service as tenancy
+from opsline.platform.tenancy.demo import load_demo
+from opsline.settings import SettingsError, load_settings
+
+tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
+
+RoleOption = Annotated[Role, typer.Option(help="Role in the tenant.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(migrate)
+    app.command()(demo)
+    app.command()(roles)
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(users_app, name="users")
+    app.add_typer(apikeys_app, name="apikeys")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (OPSLINE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (OPSLINE_PORT).")] = None,
+) -> None:
+    """Serve the API, the dashboard and, embedded, the workers and the scheduler."""
+    import uvicorn
+
+    from opsline.api import create_app
+    from opsline.bootstrap import bootstrap
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    runtime = bootstrap(settings, role="serve")
+    app = create_app(runtime=runtime)
+    console.print(
+        f"Opsline serving on http://{host or settings.host}:{port or settings.port} "
+        f"({runtime.db.dialect})"
+    )
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    down: Annotated[bool, typer.Option("--down", help="Downgrade to the revision.")] = False,
+) -> None:
+    """Bring the database schema to a revision (default: the newest)."""
+    from opsline import migrate as migrations
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    if down:
+        migrations.downgrade(settings, revision)
+    else:
+        migrations.upgrade(settings, revision)
+    heads = ", ".join(sorted(migrations.current_heads(settings))) or "base"
+    console.print(f"database at revision [bold]{heads}[/]")
+
+
+def demo() -> None:
+    """Create the demo tenant and its owner (once) and print how to log in."""
+    with cli_runtime() as runtime:
+        tenant, user, created = load_demo(runtime)
+        password = runtime.settings.demo_password.get_secret_value()
+    if created:
+        console.print(f"Demo tenant [bold]{tenant.name}[/] created.")
+        console.print(f"  log in as [bold]{user.email}[/] with password [bold]{password}[/]")
+    else:
+        console.print(f"Demo tenant [bold]{tenant.name}[/] exists (owner {user.email}).")
+
+
+def roles() -> None:
+    """Show each role's permissions."""
+    table = Table("permission", "lowest role", "description")
+    for permission in all_permissions():
+        table.add_row(permission.name, permission.min_role.value, permission.description)
+    console.print(table)
+    console.print("Roles, lowest first: " + " < ".join(r.value for r in Role))
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    owner_email: Annotated[str, typer.Option("--owner-email", help="Owner's email.")],
+    owner_password: Annotated[
+        str,
+        typer.Option(
+            "--owner-password", prompt=True, hide_input=True, help="New owner's password."
+        ),
+    ],
+) -> None:
+    """Create a tenant with a new owner account."""
+    with cli_runtime() as runtime:
+        _check_password(owner_password)
+        user, tenant, _ = auth.signup(
+            runtime, email=owner_email, password=owner_password, tenant_name=name
+        )
+    console.print(f"tenant [bold]{tenant.name}[/] {tenant.id} created, owner {user.email}")
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """List tenants with their member counts."""
+    with cli_runtime() as runtime:
+        rows = tenancy.list_tenants(runtime.db)
+    table = Table("id", "name", "slug", "members", "created")
+    for tenant, members in rows:
+        table.add_row(
+            str(tenant.id),
+            tenant.name,
+            tenant.slug,
+            str(members),
+            f"{tenant.created_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="Email of the new user.")],
+    tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id to join.")],
+    role: RoleOption = Role.MEMBER,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Password.")] = "",
+) -> None:
+    """Create a user and add them to a tenant."""
+    with cli_runtime() as runtime:
+        _check_password(password)
+        tenancy.get_tenant(runtime.db, tenant)
+        with runtime.db.unit_of_work() as uow:
+            user = auth.create_user(uow, email=email, password=password)
+            tenancy.add_member(uow, tenant_id=tenant, user_id=user.id, role=role)
+    console.print(f"user {user.email} {user.id} created as {role.value}")
+
+
+@users_app.command("list")
+def users_list(tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")]) -> None:
+    """List the members of a tenant."""
+    with cli_runtime() as runtime:
+        tenancy.get_tenant(runtime.db, tenant)
+        members = tenancy.list_members(runtime.db, tenant).items
+    table = Table("user id", "email", "role", "joined")
+    for m in members:
+        table.add_row(str(m.user_id), m.email, m.role.value, f"{m.joined_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    role: RoleOption = Role.MEMBER,
+) -> None:
+    """Create an API key; the secret is printed once."""
+    with cli_runtime() as runtime:
+        key, secret = auth.create_api_key(
+            runtime.db, tenant_id=tenant, name=name, role=role, created_by=None
+        )
+    console.print(f"API key {key.id} ({role.value}) created. Store it now, it is not shown again:")
+    console.print(secret, highlight=False, soft_wrap=True)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="Key id.")]) -> None:
+    """Revoke an API key (it stops working at once)."""
+    with cli_runtime() as runtime:
+        key = auth.revoke_api_key(runtime.db, key_id=key_id, tenant_id=None)
+    console.print(f"API key {key.id} revoked")
+
+
+def _check_password(password: str) -> None:
+    from opsline.platform.auth.schemas import PASSWORD_MAX, PASSWORD_MIN
+
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise fail(f"password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters")

@@ -1,0 +1,196 @@
+"""Engine, sessions and the unit of work.
+
+A use case runs in one :class:`UnitOfWork`: one transaction in which business
+rows, published events and enqueued jobs are written together. Callbacks
+registered with :meth:`UnitOfWork.after_commit` run only once the transaction
+has committed (realtime pushes, worker wake-ups), never on rollback.
+
+SQLite runs in WAL mode with a busy timeout. A unit of work on SQLite opens its
+transaction with ``BEGIN IMMEDIATE`` so that it holds the write lock from the
+first statement: two writers never deadlock on a read-to-write upgrade, they
+queue on the busy timeout instead. Read-only sessions use a deferred ``BEGIN``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid, create_engine, event
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from opsline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UtcDateTime(),
+        uuid.UUID: Uuid(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class Database:
+    """One engine per process, shared by the API, the workers and the CLI."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.sqlalchemy_url
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.engine = _create_engine(settings, self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self._read_engine = self.engine.execution_options(opsline_read_only=True)
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """Open one write transaction; commit on success, roll back on any error."""
+        uow = UnitOfWork(self._sessions())
+        try:
+            yield uow
+            uow.commit()
+        except BaseException:
+            uow.rollback()
+            raise
+        finally:
+            uow.session.close()
+        uow.run_after_commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session; never holds the SQLite write lock."""
+        session = self._read_sessions()
+        try:
+            yield session
+        finally:
+            # close() ends the transaction but, unlike rollback(), keeps loaded
+            # attributes readable on the now detached objects.
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class UnitOfWork:
+    """One transaction plus the callbacks to run after it commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._after_commit: list[Callable[[], None]] = []
+        self._committed = False
+        self.info: dict[str, Any] = {}
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def commit(self) -> None:
+        self.session.commit()
+        self._committed = True
+
+    def rollback(self) -> None:
+        self.session.rollback()
+        self._after_commit.clear()
+
+    def run_after_commit(self) -> None:
+        if not self._committed:
+            return
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                # The transaction is durable; a failed side effect must not turn
+                # a committed use case into an error for its caller.
+                log.exception("after_commit_failed", callback=getattr(callback, "__name__", ""))
+
+
+def _create_engine(settings: Settings, url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size * 2,
+        )
+        _configure_sqlite(engine, settings.sqlite_synchronous)
+        return engine
+    return create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module: we emit BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get("opsline_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

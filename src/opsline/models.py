@@ -1,0 +1,14 @@
+"""Every table of Opsline, imported so that one metadata knows them all.
+
+Alembic's env and the schema-equals-models test import this module. A new
+package with tables adds its ``models`` import here.
+"""
+
+from opsline.db import Base
+from opsline.platform.auth import models as auth_models
+from opsline.platform.tenancy import models as tenancy_models
+
+metadata = Base.metadata
+
+
+__all__ = ["auth_models", "metadata", "tenancy_models"]

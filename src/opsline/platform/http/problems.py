@@ -1,0 +1,91 @@
+"""Errors that carry their meaning, rendered as RFC 9457 problem documents.
+
+Domain code raises a :class:`Problem` (or a subclass in a capability's
+``errors.py``); one handler in the app renders it as
+``application/problem+json`` with the request id. Nothing internal leaks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://opsline.dev/problems/"
+
+
+class Problem(Exception):
+    """A client-visible error with an HTTP status and a stable problem type."""
+
+    status: ClassVar[int] = 400
+    type_slug: ClassVar[str] = "bad-request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.type_slug
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(Problem):
+    pass
+
+
+class Unauthorized(Problem):
+    status = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+    def __init__(self, detail: str = "missing or invalid credentials", **extra: Any):
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Forbidden(Problem):
+    status = 403
+    type_slug = "forbidden"
+    title = "Permission denied"
+
+
+class NotFound(Problem):
+    status = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(Problem):
+    status = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
+class Unprocessable(Problem):
+    status = 422
+    type_slug = "validation-error"
+    title = "Invalid request"
+
+
+class TooManyRequests(Problem):
+    status = 429
+    type_slug = "rate-limited"
+    title = "Too many requests"
+
+
+class ServiceUnavailable(Problem):
+    status = 503
+    type_slug = "unavailable"
+    title = "Service unavailable"

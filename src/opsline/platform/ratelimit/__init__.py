@@ -1,0 +1,73 @@
+"""Rate limits with the ``limits`` library: in memory by default, Redis when configured.
+
+A moving-window limiter keyed by what is limited (a principal, an IP, an IP and
+an email). ``hit`` consumes one unit and answers whether it was allowed along
+with the numbers for the ``RateLimit-*`` and ``Retry-After`` headers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import MovingWindowRateLimiter
+
+from opsline.platform.http.problems import TooManyRequests
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, self.reset_after))
+        return headers
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.storage: Storage = RedisStorage(redis_url) if redis_url else MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self.storage)
+
+    def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
+        item = parse(rate) if isinstance(rate, str) else rate
+        allowed = self._limiter.hit(item, *keys, cost=cost)
+        return self._state(item, allowed, keys)
+
+    def test(self, rate: str | RateLimitItem, *keys: str) -> RateState:
+        """Check without consuming (e.g. refuse a login already over its failures)."""
+        item = parse(rate) if isinstance(rate, str) else rate
+        return self._state(item, self._limiter.test(item, *keys), keys)
+
+    def enforce(self, rate: str, *keys: str, what: str) -> RateState:
+        state = self.hit(rate, *keys)
+        if not state.allowed:
+            raise TooManyRequests(
+                f"rate limit for {what} exceeded ({rate}); retry after {state.reset_after} s",
+                headers=state.headers(),
+            )
+        return state
+
+    def clear(self, rate: str, *keys: str) -> None:
+        self._limiter.clear(parse(rate), *keys)
+
+    def _state(self, item: RateLimitItem, allowed: bool, keys: tuple[str, ...]) -> RateState:
+        stats = self._limiter.get_window_stats(item, *keys)
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        return RateState(allowed, item.amount, max(0, stats.remaining), reset_after)
+
+    def check(self) -> None:
+        if not self.storage.check():
+            raise ConnectionError("rate-limit storage not reachable")

@@ -1,0 +1,153 @@
+"""Configuration: the one place that reads the environment.
+
+Every setting is an environment variable with the prefix ``OPSLINE_``. Nothing is
+required for the embedded default: the database is a SQLite file under
+``var/`` and a secret key is generated there on first start (mode 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_KEY_FILE = "secret_key"
+
+
+class SettingsError(Exception):
+    """Settings are invalid; the message names every offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSLINE_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production", "test"] = "development"
+    var_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    database_url: str | None = None
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_url: str | None = None
+    broker_url: str | None = None
+
+    secret_key: SecretStr | None = None
+    previous_secret_keys: list[SecretStr] = Field(default_factory=list)
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    invitation_days: int = Field(default=7, ge=1, le=90)
+
+    rate_limit_api: str = "1200/minute"
+    rate_limit_auth: str = "20/minute"
+    rate_limit_failed_login: str = "5/minute"
+
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    demo_email: str = "owner@demo.opsline.dev"
+    demo_password: SecretStr = SecretStr("opsline-demo-2026")
+
+    embedded_workers: int = Field(default=4, ge=0, le=64)
+    embedded_scheduler: bool = True
+
+    # The job engine (opsline.platform.engine).
+    job_lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    job_poll_seconds: float = Field(default=1.0, ge=0.01, le=60)
+    job_shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
+    job_sqlite_watch_seconds: float = Field(default=0.001, ge=0.0002, le=1)
+    job_queue_weights: dict[str, int] = Field(
+        default_factory=lambda: {"high": 6, "default": 3, "notifications": 3, "low": 1}
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("postgres://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgres://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        if not value.startswith(("sqlite", "postgresql+psycopg://")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("rate_limit_api", "rate_limit_auth", "rate_limit_failed_login")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _valid_broker(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// URL")
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'opsline.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def secret(self) -> bytes:
+        """The active secret key, generated once into ``var/`` when none is set."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        return _load_or_create_secret(self.var_dir / SECRET_KEY_FILE)
+
+    @property
+    def previous_secrets(self) -> list[bytes]:
+        return [key.get_secret_value().encode() for key in self.previous_secret_keys]
+
+
+def _load_or_create_secret(path: Path) -> bytes:
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48).encode()
+    # O_EXCL: of two processes starting together, exactly one writes the key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+    return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise SettingsError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"OPSLINE_{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

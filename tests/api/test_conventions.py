@@ -1,0 +1,161 @@
+"""API conventions: problem documents, request ids, pagination, rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from opsline.api import create_app
+from opsline.bootstrap import bootstrap
+from opsline.platform.runtime import Runtime
+from opsline.settings import Settings
+from tests.helpers import add_member, assert_problem, signup
+
+
+def test_unknown_route_is_a_problem_404(app_client: TestClient) -> None:
+    body = assert_problem(app_client.get("/api/v1/no-such-thing"), 404)
+    assert body["type"].endswith("/not-found")
+    assert body["instance"] == "/api/v1/no-such-thing"
+
+
+def test_wrong_method_is_a_problem_405(app_client: TestClient) -> None:
+    response = app_client.put("/api/v1/auth/login", json={})
+    body = assert_problem(response, 405)
+    assert "PUT" in body["detail"]
+
+
+def test_malformed_json_is_422(app_client: TestClient) -> None:
+    response = app_client.post(
+        "/api/v1/auth/login", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422)
+
+
+def test_bad_path_parameter_is_422_with_its_location(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    response = app_client.delete("/api/v1/api-keys/not-a-uuid", headers=owner.headers)
+    body = assert_problem(response, 422)
+    assert body["errors"][0]["loc"] == ["path", "key_id"]
+
+
+@pytest.fixture
+def failing_client(runtime: Runtime) -> Iterator[TestClient]:
+    app = create_app(runtime=runtime)
+
+    def explode() -> None:
+        raise RuntimeError("database password is hunter2")
+
+    app.add_api_route("/boom", explode)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_unexpected_error_is_500_revealing_nothing(failing_client: TestClient) -> None:
+    response = failing_client.get("/boom")
+    body = assert_problem(response, 500)
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_every_response_carries_a_request_id(app_client: TestClient) -> None:
+    generated = app_client.get("/health/live")
+    assert len(generated.headers["x-request-id"]) == 32
+    echoed = app_client.get("/health/live", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    unsafe = app_client.get("/health/live", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_list_endpoints_page_with_a_cursor(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    for role in ("member", "viewer", "manager"):
+        add_member(app_client, owner, role)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = app_client.get("/api/v1/members", params=params, headers=owner.headers).json()
+        seen += [m["user_id"] for m in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 4
+
+
+def test_invalid_cursor_or_limit_is_422(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    bad_cursor = app_client.get("/api/v1/members?cursor=@@@", headers=owner.headers)
+    assert_problem(bad_cursor, 422)
+    bad_limit = app_client.get("/api/v1/members?limit=100000", headers=owner.headers)
+    assert_problem(bad_limit, 422)
+
+
+def test_authenticated_responses_carry_ratelimit_headers(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    response = app_client.get("/api/v1/me", headers=owner.headers)
+    assert int(response.headers["ratelimit-limit"]) > 0
+    assert "ratelimit-remaining" in response.headers
+
+
+class TestPrincipalRateLimit:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"rate_limit_api": "3/minute"}
+
+    def test_fourth_call_in_a_minute_is_429_with_retry_after(self, app_client: TestClient) -> None:
+        owner = signup(app_client)
+        statuses = [
+            app_client.get("/api/v1/me", headers=owner.headers).status_code for _ in range(4)
+        ]
+        assert statuses == [200, 200, 200, 429]
+        limited = app_client.get("/api/v1/me", headers=owner.headers)
+        assert_problem(limited, 429)
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["ratelimit-remaining"] == "0"
+        # Another principal has its own budget.
+        other = signup(app_client)
+        assert app_client.get("/api/v1/me", headers=other.headers).status_code == 200
+
+
+class TestSignupRateLimitPerIp:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"rate_limit_auth": "2/minute"}
+
+    def test_third_signup_from_one_ip_is_429(self, app_client: TestClient) -> None:
+        signup(app_client)
+        signup(app_client)
+        response = app_client.post(
+            "/api/v1/auth/signup",
+            json={"email": "third@example.com", "password": "p" * 12, "tenant_name": "T"},
+        )
+        assert_problem(response, 429)
+
+
+@pytest.mark.redis
+def test_rate_limits_are_shared_across_servers_through_redis(
+    settings: Settings, redis_url: str
+) -> None:
+    shared = Settings(
+        **{**settings.model_dump(), "redis_url": redis_url, "rate_limit_api": "3/minute"}
+    )
+    first, second = bootstrap(shared), bootstrap(shared)
+    try:
+        with (
+            TestClient(create_app(runtime=first)) as one,
+            TestClient(create_app(runtime=second)) as two,
+        ):
+            owner = signup(one)
+            statuses = [
+                one.get("/api/v1/me", headers=owner.headers).status_code,
+                two.get("/api/v1/me", headers=owner.headers).status_code,
+                one.get("/api/v1/me", headers=owner.headers).status_code,
+                two.get("/api/v1/me", headers=owner.headers).status_code,
+            ]
+    finally:
+        first.close()
+        second.close()
+    assert statuses == [200, 200, 200, 429]

@@ -1,0 +1,159 @@
+"""Members: invite, accept, change roles, remove; the last owner is protected."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.helpers import PASSWORD, add_member, assert_problem, login, signup, unique_email
+
+
+def test_invited_user_joins_with_the_role_given(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    manager = add_member(app_client, owner, "manager")
+    members = app_client.get("/api/v1/members", headers=owner.headers).json()["items"]
+    assert {(m["email"], m["role"]) for m in members} == {
+        (owner.email, "owner"),
+        (manager.email, "manager"),
+    }
+
+
+def test_invitation_token_works_once(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    invited = app_client.post(
+        "/api/v1/invitations", json={"email": unique_email()}, headers=owner.headers
+    ).json()
+    body = {"token": invited["token"], "password": PASSWORD}
+    assert app_client.post("/api/v1/auth/accept-invite", json=body).status_code == 200
+    assert_problem(app_client.post("/api/v1/auth/accept-invite", json=body), 401)
+
+
+def test_revoked_invitation_cannot_be_accepted(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    invited = app_client.post(
+        "/api/v1/invitations", json={"email": unique_email()}, headers=owner.headers
+    ).json()
+    deleted = app_client.delete(f"/api/v1/invitations/{invited['id']}", headers=owner.headers)
+    assert deleted.status_code == 204
+    accepted = app_client.post(
+        "/api/v1/auth/accept-invite", json={"token": invited["token"], "password": PASSWORD}
+    )
+    assert_problem(accepted, 401)
+
+
+def test_existing_account_must_prove_its_password_to_join(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    other = signup(app_client)
+    invited = app_client.post(
+        "/api/v1/invitations", json={"email": other.email}, headers=owner.headers
+    ).json()
+    wrong = app_client.post(
+        "/api/v1/auth/accept-invite", json={"token": invited["token"], "password": "x" * 12}
+    )
+    assert_problem(wrong, 401)
+    right = app_client.post(
+        "/api/v1/auth/accept-invite", json={"token": invited["token"], "password": PASSWORD}
+    )
+    assert right.status_code == 200
+
+
+def test_inviting_a_member_again_is_409(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    response = app_client.post(
+        "/api/v1/invitations", json={"email": owner.email}, headers=owner.headers
+    )
+    assert_problem(response, 409)
+
+
+def test_owner_changes_a_role_and_it_applies_at_once(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    member = add_member(app_client, owner, "admin")
+    changed = app_client.patch(
+        f"/api/v1/members/{member.user_id}", json={"role": "viewer"}, headers=owner.headers
+    )
+    assert changed.status_code == 200
+    assert changed.json()["role"] == "viewer"
+    # The member's existing token now carries the new role.
+    response = app_client.post(
+        "/api/v1/invitations", json={"email": unique_email()}, headers=member.headers
+    )
+    assert_problem(response, 403)
+
+
+def test_last_owner_cannot_be_demoted_or_removed(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    demote = app_client.patch(
+        f"/api/v1/members/{owner.user_id}", json={"role": "admin"}, headers=owner.headers
+    )
+    assert_problem(demote, 409)
+    remove = app_client.delete(f"/api/v1/members/{owner.user_id}", headers=owner.headers)
+    assert_problem(remove, 409)
+
+
+def test_second_owner_makes_demotion_possible(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    other = add_member(app_client, owner, "owner")
+    demote = app_client.patch(
+        f"/api/v1/members/{owner.user_id}", json={"role": "admin"}, headers=other.headers
+    )
+    assert demote.status_code == 200
+
+
+def test_admin_cannot_grant_or_touch_owner(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    admin = add_member(app_client, owner, "admin")
+    member = add_member(app_client, owner, "member")
+    grant = app_client.patch(
+        f"/api/v1/members/{member.user_id}", json={"role": "owner"}, headers=admin.headers
+    )
+    assert_problem(grant, 403)
+    demote = app_client.patch(
+        f"/api/v1/members/{owner.user_id}", json={"role": "viewer"}, headers=admin.headers
+    )
+    assert_problem(demote, 403)
+    invite_owner = app_client.post(
+        "/api/v1/invitations",
+        json={"email": unique_email(), "role": "owner"},
+        headers=admin.headers,
+    )
+    assert_problem(invite_owner, 403)
+
+
+def test_removed_member_loses_access_at_once(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    member = add_member(app_client, owner, "member")
+    removed = app_client.delete(f"/api/v1/members/{member.user_id}", headers=owner.headers)
+    assert removed.status_code == 204
+    assert_problem(app_client.get("/api/v1/me", headers=member.headers), 401)
+    refreshed = app_client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": member.refresh_token}
+    )
+    assert_problem(refreshed, 401)
+    login_again = app_client.post(
+        "/api/v1/auth/login", json={"email": member.email, "password": PASSWORD}
+    )
+    assert_problem(login_again, 401)
+
+
+def test_unknown_member_is_404(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    response = app_client.patch(
+        f"/api/v1/members/{owner.tenant_id}", json={"role": "viewer"}, headers=owner.headers
+    )
+    assert_problem(response, 404)
+
+
+def test_invalid_role_is_422_naming_the_field(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    member = add_member(app_client, owner, "member")
+    response = app_client.patch(
+        f"/api/v1/members/{member.user_id}", json={"role": "emperor"}, headers=owner.headers
+    )
+    body = assert_problem(response, 422)
+    assert body["errors"][0]["loc"] == ["body", "role"]
+
+
+def test_owner_renames_the_tenant(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    renamed = app_client.patch("/api/v1/tenant", json={"name": "New Name"}, headers=owner.headers)
+    assert renamed.json()["name"] == "New Name"
+    assert login(app_client, owner.email)["access_token"]

@@ -1,0 +1,48 @@
+"""Settings: defaults, validation naming the variable, the generated secret."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from opsline.settings import Settings, SettingsError, load_settings
+
+
+def test_embedded_default_needs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.sqlalchemy_url.startswith("sqlite:///")
+    assert settings.sqlalchemy_url.endswith("var/opsline.db")
+
+
+def test_missing_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var")
+    first = settings.secret
+    path = tmp_path / "var" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first) >= 48
+    assert Settings(var_dir=tmp_path / "var").secret == first
+
+
+def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSLINE_PORT", "not-a-port")
+    monkeypatch.setenv("OPSLINE_DATABASE_URL", "mysql://x")
+    monkeypatch.setenv("OPSLINE_RATE_LIMIT_API", "lots")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    for name in ("OPSLINE_PORT", "OPSLINE_DATABASE_URL", "OPSLINE_RATE_LIMIT_API"):
+        assert name in message
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:5432/test")
+    assert settings.sqlalchemy_url.startswith("postgresql+psycopg://")
+
+
+def test_secret_is_not_in_the_settings_repr() -> None:
+    settings = Settings(secret_key="a-very-secret-value-1234567890")
+    assert "a-very-secret-value" not in repr(settings)
+    assert "a-very-secret-value" not in str(settings.model_dump())
