@@ -6,9 +6,11 @@ so every process is assembled the same way.
 
 from __future__ import annotations
 
-import opsline.models  # noqa: F401  - every table and registry entry is known
+import opsline.capabilities
+import opsline.models  # noqa: F401  - every table is known
 from opsline.db import Database
 from opsline.platform.auth.tokens import TokenSigner, configure_password_hashing
+from opsline.platform.engine.embedded import add_embedded_engine, attach_engine
 from opsline.platform.observability.logging import configure_logging
 from opsline.platform.ratelimit import RateLimiter
 from opsline.platform.runtime import Runtime
@@ -28,9 +30,13 @@ def bootstrap(
     configure_password_hashing(
         time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
     )
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         db=Database(settings),
         tokens=TokenSigner(settings),
         rate_limiter=RateLimiter(settings.redis_url),
     )
+    attach_engine(runtime)
+    if role == "serve":
+        add_embedded_engine(runtime)
+    return runtime

@@ -5,10 +5,19 @@ package with tables adds its ``models`` import here.
 """
 
 from opsline.db import Base
+from opsline.orders import models as orders_models
 from opsline.platform.auth import models as auth_models
+from opsline.platform.engine import models as engine_models
+from opsline.platform.idempotency import models as idempotency_models
 from opsline.platform.tenancy import models as tenancy_models
 
 metadata = Base.metadata
 
-
-__all__ = ["auth_models", "metadata", "tenancy_models"]
+__all__ = [
+    "auth_models",
+    "engine_models",
+    "idempotency_models",
+    "metadata",
+    "orders_models",
+    "tenancy_models",
+]

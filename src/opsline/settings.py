@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    payment_gateway: Literal["simulated"] = "simulated"
+    payment_success_rate: float = Field(default=0.8, ge=0, le=1)
+    payment_latency_min_ms: float = Field(default=50, ge=0, le=60_000)
+    payment_latency_max_ms: float = Field(default=200, ge=0, le=60_000)
+    payment_seed: str = "opsline"
+    order_processing_timeout_s: int = Field(default=120, ge=5, le=86_400)
+    order_payment_max_attempts: int = Field(default=3, ge=1, le=20)
+    idempotency_required: bool = True
+    live_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+
     demo_email: str = "owner@demo.opsline.dev"
     demo_password: SecretStr = SecretStr("opsline-demo-2026")
 

@@ -43,10 +43,51 @@ def _b_invitation(client: TestClient, b: Account, _: Runtime) -> tuple[str, str]
     return str(created.json()["id"]), email
 
 
+def _b_job(_client: TestClient, b: Account, runtime: Runtime) -> tuple[str, str]:
+    from tests.platform.engine import sample_jobs
+
+    marker = f"b-job-{uuid.uuid4().hex}"
+    job_id = sample_jobs.echo.enqueue(runtime.db, tenant_id=b.tenant_id, value=1, note=marker)
+    return str(job_id), marker
+
+
+def _b_batch(_client: TestClient, b: Account, runtime: Runtime) -> tuple[str, str]:
+    from opsline.platform.engine.batches import create_batch
+
+    marker = f"b-batch-{uuid.uuid4().hex}"
+    with runtime.db.unit_of_work() as uow:
+        batch_id = create_batch(uow, [], name=marker, tenant_id=b.tenant_id)
+    return str(batch_id), marker
+
+
+def _b_product(client: TestClient, b: Account, _: Runtime) -> tuple[str, str]:
+    sku = f"B-{uuid.uuid4().hex[:10]}"
+    created = client.post(
+        "/api/v1/products",
+        json={"sku": sku, "name": f"secret {sku}", "price": "1.00", "stock": 5},
+        headers=b.headers,
+    )
+    return str(created.json()["id"]), sku
+
+
+def _b_order(client: TestClient, b: Account, runtime: Runtime) -> tuple[str, str]:
+    product_id, sku = _b_product(client, b, runtime)
+    placed = client.post(
+        "/api/v1/orders",
+        json={"items": [{"product_id": product_id, "quantity": 1}]},
+        headers={**b.headers, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    return str(placed.json()["id"]), sku
+
+
 _B_OBJECTS: dict[str, ObjectFactory] = {
+    "product_id": _b_product,
+    "order_id": _b_order,
     "user_id": _b_member,
     "key_id": _b_api_key,
     "invitation_id": _b_invitation,
+    "job_id": _b_job,
+    "batch_id": _b_batch,
 }
 
 _PARAM = re.compile(r"{(\w+)}")
@@ -135,6 +176,10 @@ def test_tenant_a_never_reaches_tenant_b(app_client: TestClient, runtime: Runtim
     assert all(k["revoked_at"] is None for k in keys)
     invitations = app_client.get("/api/v1/invitations", headers=b.headers).json()["items"]
     assert all(i["revoked_at"] is None for i in invitations)
+    product = app_client.get(f"/api/v1/products/{ids['product_id']}", headers=b.headers).json()
+    assert (product["stock"], product["price"], product["archived_at"]) == (5, "1.00", None)
+    order = app_client.get(f"/api/v1/orders/{ids['order_id']}", headers=b.headers).json()
+    assert order["status"] == "PENDING"
 
 
 def test_other_tenant_object_and_missing_object_answer_alike(app_client: TestClient) -> None:

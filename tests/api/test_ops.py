@@ -54,7 +54,9 @@ def test_metrics_count_requests_by_route_template(app_client: TestClient) -> Non
 
 
 @pytest.mark.redis
-def test_ready_with_redis_and_broker_up(settings: Settings, redis_url: str, broker_url: str) -> None:
+def test_ready_with_redis_and_broker_up(
+    settings: Settings, redis_url: str, broker_url: str
+) -> None:
     runtime = bootstrap(
         Settings(**{**settings.model_dump(), "redis_url": redis_url, "broker_url": broker_url})
     )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import typer
 
 from opsline import __version__
+from opsline.bootstrap import bootstrap
 from opsline.cli import platform as platform_cli
+from opsline.orders import cli as orders_cli
+from opsline.platform.clitools import use_runtime_factory
+from opsline.platform.engine import cli as engine_cli
 
 app = typer.Typer(
     name="opsline",
@@ -14,8 +18,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+use_runtime_factory(bootstrap)
 platform_cli.register(app)
 # engine commands
+engine_cli.register(app)
+orders_cli.register(app)
 
 
 @app.command()

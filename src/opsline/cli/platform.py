@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from opsline.cli._common import cli_runtime, console, fail
 from opsline.platform.auth import service as auth
 from opsline.platform.auth.roles import Role, all_permissions
+from opsline.platform.clitools import cli_runtime, console, fail
 from opsline.platform.tenancy import service as tenancy
 from opsline.platform.tenancy.demo import load_demo
 from opsline.settings import SettingsError, load_settings

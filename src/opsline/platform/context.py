@@ -26,10 +26,17 @@ class Principal:
     def subject(self) -> str:
         if self.user_id is not None:
             return f"user:{self.user_id}"
-        return f"apikey:{self.api_key_id}"
+        if self.api_key_id is not None:
+            return f"apikey:{self.api_key_id}"
+        return "system"
 
     def has(self, permission: str) -> bool:
         return permission in permissions_of(self.role)
+
+
+def system_principal(tenant_id: uuid.UUID) -> Principal:
+    """The operator at the command line: every permission within one tenant."""
+    return Principal(tenant_id=tenant_id, role=Role.OWNER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Protocol
 from opsline.db import Database
 from opsline.platform.auth.tokens import TokenSigner
 from opsline.platform.ratelimit import RateLimiter
+from opsline.platform.realtime import PubSub
 from opsline.settings import Settings
 
 
@@ -31,6 +32,8 @@ class Runtime:
     rate_limiter: RateLimiter
 
     background: list[BackgroundService] = field(default_factory=list)
+    # "Something changed" fan-out (engine, realtime endpoints); set by bootstrap.
+    pubsub: PubSub | None = None
 
     def start_background(self) -> None:
         for service in self.background:
@@ -42,4 +45,6 @@ class Runtime:
 
     def close(self) -> None:
         self.stop_background()
+        if self.pubsub is not None:
+            self.pubsub.close()
         self.db.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from opsline.platform.auth import service
 from opsline.platform.auth.errors import InvalidCredentials
@@ -26,7 +26,7 @@ from opsline.platform.auth.schemas import (
 )
 from opsline.platform.context import Context
 from opsline.platform.http.deps import Authenticated, RequirePermission, RuntimeDep
-from opsline.platform.http.pagination import Page, PageParams
+from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import TooManyRequests
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy import service as tenancy
@@ -134,7 +134,7 @@ def create_api_key(body: ApiKeyIn, ctx: ApiKeysCtx) -> ApiKeyCreated:
 
 
 @router.get("/api-keys", response_model=Page[ApiKeyOut], tags=["api keys"])
-def list_api_keys(ctx: ApiKeysCtx, page: Annotated[PageParams, Query()]) -> Page[ApiKeyOut]:
+def list_api_keys(ctx: ApiKeysCtx, page: PageDep) -> Page[ApiKeyOut]:
     result = service.list_api_keys(ctx, cursor=page.cursor, limit=page.limit)
     return Page(
         items=[ApiKeyOut.model_validate(k) for k in result.items], next_cursor=result.next_cursor

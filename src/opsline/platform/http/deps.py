@@ -63,6 +63,17 @@ def authenticate(
     raise Unauthorized("send a bearer access token or an X-API-Key header")
 
 
+def principal_from_credentials(
+    runtime: Runtime, *, token: str | None, api_key: str | None
+) -> Principal:
+    """For endpoints outside the dependency system (WebSocket, SSE with a query token)."""
+    if token:
+        return _principal_from_token(runtime, token)
+    if api_key:
+        return _principal_from_api_key(runtime, api_key)
+    raise Unauthorized("send an access token")
+
+
 def _principal_from_token(runtime: Runtime, token: str) -> Principal:
     try:
         claims = runtime.tokens.verify(token)

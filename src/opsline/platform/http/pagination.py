@@ -11,9 +11,10 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar, Unpack
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
+from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Select, and_, or_
 
@@ -69,13 +70,13 @@ def _typed(kind: type, value: Any) -> Any:
 
 
 def keyset_page(
-    stmt: Select[Unpack[tuple[Any, ...]]],
+    stmt: Select[*tuple[Any, ...]],
     *,
     columns: Sequence[Any],
     cursor: str | None,
     limit: int,
     descending: bool = True,
-    fetch: Callable[[Select[Unpack[tuple[Any, ...]]]], Sequence[Row]],
+    fetch: Callable[[Select[*tuple[Any, ...]]], Sequence[Row]],
     key: Callable[[Row], Sequence[Any]],
     kinds: Sequence[type],
 ) -> tuple[list[Row], str | None]:
@@ -107,9 +108,19 @@ def _after(columns: Sequence[Any], values: Sequence[Any], descending: bool) -> C
 class PageParams(BaseModel):
     """``?cursor=&limit=`` of a list endpoint (use as ``Annotated[PageParams, Query()]``)."""
 
-    model_config = {"extra": "forbid"}
-
     cursor: str | None = Field(
         default=None, max_length=512, description="next_cursor of the previous page"
     )
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+
+def page_params(
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")] = DEFAULT_LIMIT,
+) -> PageParams:
+    return PageParams(cursor=cursor, limit=limit)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from opsline.platform.auth.roles import MEMBERS_MANAGE, TENANT_READ, TENANT_UPDATE
 from opsline.platform.auth.schemas import TenantOut, TokenPair
 from opsline.platform.context import Context
 from opsline.platform.http.deps import RequirePermission, RuntimeDep
-from opsline.platform.http.pagination import Page, PageParams
+from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.tenancy import service
 from opsline.platform.tenancy.schemas import (
     AcceptInviteIn,
@@ -42,7 +42,7 @@ def rename_tenant(
 
 
 @router.get("/members", response_model=Page[MemberOut], summary="Members of the tenant")
-def list_members(ctx: ReadCtx, page: Annotated[PageParams, Query()]) -> Page[MemberOut]:
+def list_members(ctx: ReadCtx, page: PageDep) -> Page[MemberOut]:
     return service.list_members(ctx.db, ctx.tenant_id, cursor=page.cursor, limit=page.limit)
 
 
@@ -71,7 +71,7 @@ def invite(body: InviteIn, ctx: ManageCtx) -> InvitationCreated:
 
 
 @router.get("/invitations", response_model=Page[InvitationOut])
-def list_invitations(ctx: ManageCtx, page: Annotated[PageParams, Query()]) -> Page[InvitationOut]:
+def list_invitations(ctx: ManageCtx, page: PageDep) -> Page[InvitationOut]:
     result = service.list_invitations(ctx, cursor=page.cursor, limit=page.limit)
     return Page(
         items=[InvitationOut.model_validate(i) for i in result.items],

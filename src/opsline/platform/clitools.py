@@ -1,17 +1,26 @@
-"""What every command shares: the runtime, the console, clean failures."""
+"""What every command of the platform and the capabilities shares: the runtime,
+the console, clean failures."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 
-from opsline.bootstrap import bootstrap
 from opsline.platform.http.problems import Problem
 from opsline.platform.runtime import Runtime
-from opsline.settings import SettingsError, load_settings
+from opsline.settings import Settings, SettingsError, load_settings
+
+RuntimeFactory = Callable[[Settings], Runtime]
+_factory: list[RuntimeFactory] = []
+
+
+def use_runtime_factory(factory: RuntimeFactory) -> None:
+    """The command line's composition root hands its ``bootstrap`` here at start-up."""
+    _factory[:] = [factory]
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,7 +38,9 @@ def cli_runtime() -> Iterator[Runtime]:
         settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
-    runtime = bootstrap(settings)
+    if not _factory:
+        raise RuntimeError("opsline.cli must install the runtime factory first")
+    runtime = _factory[0](settings)
     try:
         yield runtime
     except Problem as exc:

@@ -1,0 +1,45 @@
+"""Live order status: after-commit pushes on private channels.
+
+Channels: ``orders:<tenant>:user:<user>`` for one user's orders and
+``orders:<tenant>`` for the whole tenant (managers). Messages carry the
+status-log sequence number, so a client that reconnects resumes from the log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from opsline.db import UnitOfWork
+from opsline.orders.models import Order
+from opsline.platform.engine.changes import pubsub_for, send
+
+
+def user_channel(tenant_id: uuid.UUID, user_id: uuid.UUID) -> str:
+    return f"orders:{tenant_id}:user:{user_id}"
+
+
+def tenant_channel(tenant_id: uuid.UUID) -> str:
+    return f"orders:{tenant_id}"
+
+
+def status_message(seq: int, order: Order, status: str) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "order_id": str(order.id),
+        "status": status,
+        "total": f"{order.total:.2f}",
+        "currency": order.currency,
+        "at": order.updated_at.isoformat(),
+    }
+
+
+def push_after_commit(uow: UnitOfWork, seq: int, order: Order, status: str) -> None:
+    pubsub = pubsub_for(uow.session.get_bind().engine)
+    if pubsub is None:
+        return
+    message = status_message(seq, order, status)
+    messages = [(tenant_channel(order.tenant_id), message)]
+    if order.user_id is not None:
+        messages.append((user_channel(order.tenant_id, order.user_id), message))
+    uow.after_commit(lambda: send(pubsub, messages))

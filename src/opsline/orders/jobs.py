@@ -1,0 +1,217 @@
+"""Jobs of the orders capability: the payment worker and the stuck-order sweeper.
+
+Delivery is at least once, so each job reloads the order and acts only through
+guarded transitions: a duplicated or redelivered ``capture_payment`` charges
+once per order attempt (the attempt's reference is the gateway's idempotency
+key) and makes one transition and one event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from opsline.db import UnitOfWork, utcnow
+from opsline.orders import _stock
+from opsline.orders._state import OrderStatus, transition
+from opsline.orders.events import OrderFailed, OrderPaid
+from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
+from opsline.orders.models import Order, PaymentAttempt
+from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.events import publish
+from opsline.platform.engine.registry import RetryPolicy, job
+from opsline.platform.engine.scheduler import periodic
+
+log = structlog.get_logger(__name__)
+
+
+def reference_for(order_id: uuid.UUID, attempt: int) -> str:
+    return f"order-{order_id}-{attempt}"
+
+
+@job(
+    "orders.capture_payment",
+    queue="high",
+    max_attempts=8,
+    timeout=60,
+    retry=RetryPolicy(base=1.0, cap=60.0),
+    unique=["order_id", "attempt"],
+)
+def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> str:
+    """PENDING -> PROCESSING, charge outside any transaction, then PAID or FAILED.
+
+    A transient gateway error raises, so the engine retries with backoff; the
+    order stays PROCESSING and the retry charges under the same reference.
+    ``attempt`` only keys uniqueness: the sweeper's retry of a stuck order is a
+    new job even while the dead worker's job still holds its lease; both then
+    charge under the order's current reference, which the gateway dedupes.
+    """
+    tenant_id = ctx.tenant_id
+    assert tenant_id is not None, "orders.capture_payment runs for a tenant"
+    claimed = _start_processing(ctx, tenant_id, order_id)
+    if claimed is None:
+        return "nothing to do"
+    order, reference = claimed
+    ctx.check_cancelled()
+    result = gateway_for(ctx.settings).charge(
+        reference=reference, amount=order.total, currency=order.currency
+    )
+    return _finish(ctx, tenant_id, order_id, reference, result)
+
+
+def _start_processing(
+    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID
+) -> tuple[Order, str] | None:
+    with ctx.unit_of_work() as uow:
+        order = transition(
+            uow,
+            tenant_id=tenant_id,
+            order_id=order_id,
+            source=OrderStatus.PENDING,
+            target=OrderStatus.PROCESSING,
+            processing_started_at=utcnow(),
+            payment_attempt=Order.payment_attempt + 1,
+        )
+        if order is None:
+            order = uow.session.scalars(
+                select(Order).where(Order.id == order_id, Order.tenant_id == tenant_id)
+            ).first()
+            if order is None or order.status != OrderStatus.PROCESSING.value:
+                return None  # cancelled, finished, or gone: nothing to charge
+        reference = reference_for(order_id, order.payment_attempt)
+        _record_attempt(uow, order, reference)
+        return order, reference
+
+
+def _record_attempt(uow: UnitOfWork, order: Order, reference: str) -> None:
+    values = {
+        "id": uuid.uuid4(),
+        "tenant_id": order.tenant_id,
+        "order_id": order.id,
+        "attempt": order.payment_attempt,
+        "reference": reference,
+        "created_at": utcnow(),
+    }
+    dialect = uow.session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    uow.session.execute(
+        insert(PaymentAttempt)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
+    )
+
+
+def _finish(
+    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID, reference: str, result: ChargeResult
+) -> str:
+    paid = result.outcome is ChargeOutcome.SUCCEEDED
+    with ctx.unit_of_work() as uow:
+        uow.session.execute(
+            update(PaymentAttempt)
+            .where(PaymentAttempt.tenant_id == tenant_id, PaymentAttempt.reference == reference)
+            .values(outcome=result.outcome.value, detail=result.detail, finished_at=utcnow())
+        )
+        if paid:
+            return _mark_paid(uow, tenant_id, order_id, reference)
+        return _mark_failed(uow, tenant_id, order_id, result.detail)
+
+
+def _mark_paid(uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, reference: str) -> str:
+    order = transition(
+        uow,
+        tenant_id=tenant_id,
+        order_id=order_id,
+        source=OrderStatus.PROCESSING,
+        target=OrderStatus.PAID,
+        paid_at=utcnow(),
+        payment_reference=reference,
+    )
+    if order is None:
+        return "already settled"
+    publish(
+        uow,
+        OrderPaid(
+            tenant_id=tenant_id,
+            order_id=order_id,
+            user_id=order.user_id,
+            total=order.total,
+            currency=order.currency,
+            payment_reference=reference,
+        ),
+    )
+    return "paid"
+
+
+def _mark_failed(uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, reason: str) -> str:
+    """PROCESSING -> FAILED and the stock released, together and at most once."""
+    order = transition(
+        uow,
+        tenant_id=tenant_id,
+        order_id=order_id,
+        source=OrderStatus.PROCESSING,
+        target=OrderStatus.FAILED,
+        failure_reason=reason[:200],
+    )
+    if order is None:
+        return "already settled"
+    _stock.give_back(uow.session, tenant_id, order_id)
+    publish(
+        uow,
+        OrderFailed(tenant_id=tenant_id, order_id=order_id, user_id=order.user_id, reason=reason),
+    )
+    return "failed"
+
+
+@periodic("* * * * *")
+@job("orders.sweep_stuck_orders", queue="default", max_attempts=3)
+def sweep_stuck_orders(ctx: JobContext) -> int:
+    """Resolve orders left PROCESSING past the timeout (their worker died, say).
+
+    An order with payment attempts left gets its payment job again (unique per
+    order, so never twice at once); one out of attempts is FAILED with its stock
+    released. Returns how many orders were resolved.
+    """
+    settings = ctx.settings
+    cutoff = utcnow() - timedelta(seconds=settings.order_processing_timeout_s)
+    with ctx.db.read() as session:
+        stuck = session.execute(
+            select(Order.id, Order.tenant_id, Order.payment_attempt)
+            .where(
+                Order.status == OrderStatus.PROCESSING.value, Order.processing_started_at < cutoff
+            )
+            .limit(500)
+        ).all()
+    for order_id, tenant_id, attempt in stuck:
+        with ctx.unit_of_work() as uow:
+            if attempt < settings.order_payment_max_attempts:
+                _retry_payment(uow, tenant_id, order_id, attempt, cutoff)
+            else:
+                _mark_failed(uow, tenant_id, order_id, "payment did not complete in time")
+    if stuck:
+        log.info("orders_swept", count=len(stuck))
+    return len(stuck)
+
+
+def _retry_payment(
+    uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, attempt: int, cutoff: object
+) -> None:
+    # Conditional on the order still being stuck in the same attempt: a sweep
+    # racing a late finish or another sweep changes nothing.
+    result = uow.session.execute(
+        update(Order)
+        .where(
+            Order.id == order_id,
+            Order.tenant_id == tenant_id,
+            Order.status == OrderStatus.PROCESSING.value,
+            Order.payment_attempt == attempt,
+            Order.processing_started_at < cutoff,
+        )
+        .values(payment_attempt=attempt + 1, processing_started_at=utcnow(), updated_at=utcnow())
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        capture_payment.enqueue(uow, tenant_id=tenant_id, order_id=order_id, attempt=attempt + 1)

@@ -1,0 +1,234 @@
+"""Live order status over SSE and WebSocket, on private channels.
+
+Both authenticate with the access token (``Authorization: Bearer`` or, for
+browsers' EventSource and WebSocket, ``?access_token=``). A user gets their own
+orders' changes; ``?scope=tenant`` (the whole tenant) and ``?user_id=`` of
+another user need ``orders.read_all``, otherwise the channel is refused (403).
+SSE resumes after ``Last-Event-ID`` from the order status log, so a dropped
+connection loses nothing; pushes arrive through the engine's pub/sub after
+commit, in one process or across processes (Redis, PostgreSQL NOTIFY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketState
+
+from opsline.orders._live import tenant_channel, user_channel
+from opsline.orders.models import OrderStatusChange
+from opsline.orders.permissions import ORDERS_READ, ORDERS_READ_ALL
+from opsline.platform.context import Principal
+from opsline.platform.engine.changes import pubsub_for
+from opsline.platform.http.deps import principal_from_credentials
+from opsline.platform.http.problems import BadRequest, Forbidden, ServiceUnavailable
+from opsline.platform.realtime import Subscription
+from opsline.platform.runtime import Runtime
+
+router = APIRouter(tags=["orders"])
+
+POLL_SECONDS = 0.02
+REPLAY_LIMIT = 1000
+LOOKBACK = 256
+Scope = Literal["mine", "tenant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID | None  # None: the whole tenant
+    channel: str
+
+
+def _feed(principal: Principal, scope: Scope, user_id: uuid.UUID | None) -> Feed:
+    if not principal.has(ORDERS_READ.name):
+        raise Forbidden(f"your role '{principal.role}' lacks the permission 'orders.read'")
+    wants_other = scope == "tenant" or (user_id is not None and user_id != principal.user_id)
+    if wants_other and not principal.has(ORDERS_READ_ALL.name):
+        raise Forbidden("that channel is not yours; you may follow only your own orders")
+    if scope == "tenant":
+        return Feed(principal.tenant_id, None, tenant_channel(principal.tenant_id))
+    target = user_id or principal.user_id
+    if target is None:
+        raise BadRequest("API keys follow ?scope=tenant or ?user_id=<id>")
+    return Feed(principal.tenant_id, target, user_channel(principal.tenant_id, target))
+
+
+def _log_after(runtime: Runtime, feed: Feed, after: int) -> list[dict[str, Any]]:
+    C = OrderStatusChange
+    stmt = select(C).where(C.tenant_id == feed.tenant_id, C.seq > after)
+    if feed.user_id is not None:
+        stmt = stmt.where(C.user_id == feed.user_id)
+    with runtime.db.read() as session:
+        rows = session.scalars(stmt.order_by(C.seq).limit(REPLAY_LIMIT)).all()
+    return [
+        {
+            "seq": r.seq,
+            "order_id": str(r.order_id),
+            "status": r.status,
+            "total": f"{r.total:.2f}",
+            "currency": r.currency,
+            "at": r.at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def _high_water(runtime: Runtime, feed: Feed) -> int:
+    C = OrderStatusChange
+    stmt = select(func.max(C.seq)).where(C.tenant_id == feed.tenant_id)
+    if feed.user_id is not None:
+        stmt = stmt.where(C.user_id == feed.user_id)
+    with runtime.db.read() as session:
+        return int(session.scalar(stmt) or 0)
+
+
+def _subscribe(runtime: Runtime, feed: Feed) -> Subscription:
+    pubsub = pubsub_for(runtime.db.engine)
+    if pubsub is None:
+        raise ServiceUnavailable("live updates are not running in this process")
+    return pubsub.subscribe(feed.channel)
+
+
+class _Cursor:
+    """What a feed delivered: every change once, read from the log in sequence order.
+
+    A pub/sub message only says "look"; the log is the truth. Transactions can
+    commit out of sequence order, so each look re-reads a window below the
+    highest sequence seen and skips what was already delivered.
+    """
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.top = floor
+        self.seen: set[int] = set()
+
+    def fresh(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = [row for row in rows if row["seq"] not in self.seen]
+        for row in out:
+            self.seen.add(row["seq"])
+            self.top = max(self.top, row["seq"])
+        if len(self.seen) > 4 * LOOKBACK:
+            self.seen = {seq for seq in self.seen if seq > self.top - LOOKBACK}
+        return out
+
+    @property
+    def window_start(self) -> int:
+        return max(self.floor, self.top - LOOKBACK)
+
+
+async def _messages(
+    runtime: Runtime, feed: Feed, after: int | None, gone: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[dict[str, Any] | None]:
+    """Changes after ``after`` (or from now on), in order; None marks a heartbeat.
+
+    Ends as soon as ``gone()`` says the client left (checked at every poll).
+    """
+    subscription = await run_in_threadpool(_subscribe, runtime, feed)
+    try:
+        floor = after if after is not None else await run_in_threadpool(_high_water, runtime, feed)
+        cursor = _Cursor(floor)
+        look = after is not None
+        idle = 0.0
+        while True:
+            if look:
+                rows = await run_in_threadpool(_log_after, runtime, feed, cursor.window_start)
+                for row in cursor.fresh(rows):
+                    yield row
+                # A full page means more history is waiting: look again at once.
+                idle, look = 0.0, len(rows) == REPLAY_LIMIT
+            if subscription.get(timeout=0) is not None:
+                look = True
+                continue
+            if await gone():
+                return
+            await asyncio.sleep(POLL_SECONDS)
+            idle += POLL_SECONDS
+            if idle >= runtime.settings.live_heartbeat_seconds:
+                idle = 0.0
+                yield None
+    finally:
+        subscription.close()
+
+
+def _principal(runtime: Runtime, authorization: str | None, access_token: str | None) -> Principal:
+    token = access_token
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:]
+    return principal_from_credentials(runtime, token=token, api_key=None)
+
+
+@router.get(
+    "/orders/live/sse",
+    summary="Server-sent events of order status changes (resume with Last-Event-ID)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def order_events(
+    request: Request,
+    scope: Scope = "mine",
+    user_id: uuid.UUID | None = None,
+    access_token: Annotated[str | None, Query(max_length=4096)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+) -> StreamingResponse:
+    runtime: Runtime = request.app.state.runtime
+    principal = await run_in_threadpool(_principal, runtime, authorization, access_token)
+    feed = _feed(principal, scope, user_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        async for message in _messages(runtime, feed, last_event_id, request.is_disconnected):
+            if message is None:
+                yield b": keep-alive\n\n"
+                continue
+            data = orjson.dumps(message)
+            yield b"id: %d\nevent: order.status\ndata: %s\n\n" % (message["seq"], data)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.websocket("/orders/live/ws")
+async def order_socket(
+    websocket: WebSocket,
+    scope: Scope = "mine",
+    user_id: uuid.UUID | None = None,
+    access_token: str | None = None,
+    after: int | None = None,
+) -> None:
+    """WebSocket of order status changes; ``?after=<seq>`` replays from the log first."""
+    runtime: Runtime = websocket.app.state.runtime
+    try:
+        authorization = websocket.headers.get("authorization")
+        principal = await run_in_threadpool(_principal, runtime, authorization, access_token)
+        feed = _feed(principal, scope, user_id)
+    except (Forbidden, BadRequest) as exc:
+        await websocket.close(code=4403, reason=exc.detail[:120])
+        return
+    except Exception as exc:
+        detail = getattr(exc, "detail", "authentication failed")
+        await websocket.close(code=4401, reason=str(detail)[:120])
+        return
+    await websocket.accept()
+
+    async def gone() -> bool:
+        return websocket.client_state is not WebSocketState.CONNECTED
+
+    try:
+        async for message in _messages(runtime, feed, after, gone):
+            await websocket.send_text(orjson.dumps(message or {"type": "heartbeat"}).decode())
+    except WebSocketDisconnect:
+        return

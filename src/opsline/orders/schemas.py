@@ -1,0 +1,115 @@
+"""Request and response shapes of products and orders."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+from opsline.orders._state import OrderStatus
+
+MAX_QUANTITY = 10_000
+MAX_LINES = 100
+
+# Money goes over the wire as a string with two places: never a float.
+MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ProductIn(Strict):
+    sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=200)
+    price: Decimal = Field(ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    stock: int = Field(default=0, ge=0, le=1_000_000_000)
+
+
+class ProductPatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    price: Decimal | None = Field(
+        default=None, ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2
+    )
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+
+
+class StockAdjustmentIn(Strict):
+    delta: int = Field(
+        ge=-1_000_000_000, le=1_000_000_000, description="Units to add (negative to remove)"
+    )
+    reason: str = Field(min_length=1, max_length=200)
+
+    @field_validator("delta")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("delta must not be zero")
+        return value
+
+
+class ProductOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    sku: str
+    name: str
+    price: MoneyOut
+    currency: str
+    stock: int
+    archived_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderItemIn(Strict):
+    product_id: uuid.UUID
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+
+
+class OrderIn(Strict):
+    items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_LINES)
+
+
+class OrderLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    unit_price: MoneyOut
+    quantity: int
+    line_total: MoneyOut
+
+
+class OrderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    status: OrderStatus
+    total: MoneyOut
+    currency: str
+    created_by: str
+    user_id: uuid.UUID | None
+    payment_attempt: int
+    payment_reference: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    paid_at: datetime | None
+    cancelled_at: datetime | None
+    lines: list[OrderLineOut] = []
+
+
+class CancelIn(Strict):
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class StatusChangeOut(BaseModel):
+    seq: int
+    order_id: uuid.UUID
+    status: OrderStatus
+    total: MoneyOut
+    currency: str
+    at: datetime

@@ -1,0 +1,351 @@
+"""Use cases of products and orders. Each opens one unit of work and commits once.
+
+Placing an order takes stock for all lines with conditional decrements, inserts
+the order PENDING and enqueues its payment job in one transaction, so there is
+never an order without its payment job, nor a job for an order rolled back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opsline.db import UnitOfWork, new_id, utcnow
+from opsline.orders import _stock
+from opsline.orders._state import OrderStatus, record_status, require
+from opsline.orders.errors import (
+    InvalidOrder,
+    OrderNotFound,
+    ProductNotFound,
+    SkuTaken,
+    StockWouldGoNegative,
+)
+from opsline.orders.events import OrderCancelled, OrderCreated, StockAdjusted
+from opsline.orders.models import Order, OrderLine, Product
+from opsline.orders.permissions import ORDERS_CANCEL_ANY, ORDERS_READ_ALL
+from opsline.orders.schemas import OrderIn, OrderLineOut, OrderOut, ProductIn, ProductPatch
+from opsline.platform.context import Context
+from opsline.platform.engine.events import publish
+from opsline.platform.http.pagination import Page, keyset_page
+from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
+
+CENT = Decimal("0.01")
+
+# -- products ---------------------------------------------------------------------------
+
+
+def create_product(ctx: Context, data: ProductIn) -> Product:
+    product = Product(tenant_id=ctx.tenant_id, **data.model_dump())
+    try:
+        with ctx.db.unit_of_work() as uow:
+            uow.session.add(product)
+            uow.session.flush()
+    except IntegrityError:
+        raise SkuTaken(f"SKU {data.sku!r} is already used in this tenant") from None
+    return product
+
+
+def _product(session: Session, ctx: Context, product_id: uuid.UUID) -> Product:
+    product: Product | None = session.scalars(
+        select(Product).where(
+            Product.id == product_id,
+            Product.tenant_id == ctx.tenant_id,
+            Product.deleted_at.is_(None),
+        )
+    ).first()
+    if product is None:
+        raise ProductNotFound(f"product {product_id} not found")
+    return product
+
+
+def get_product(ctx: Context, product_id: uuid.UUID) -> Product:
+    with ctx.db.read() as session:
+        return _product(session, ctx, product_id)
+
+
+def list_products(
+    ctx: Context,
+    *,
+    cursor: str | None,
+    limit: int,
+    include_archived: bool = False,
+    sku: str | None = None,
+) -> Page[Product]:
+    stmt = select(Product).where(Product.tenant_id == ctx.tenant_id, Product.deleted_at.is_(None))
+    if not include_archived:
+        stmt = stmt.where(Product.archived_at.is_(None))
+    if sku:
+        stmt = stmt.where(Product.sku == sku)
+    with ctx.db.read() as session:
+        rows, next_cursor = keyset_page(
+            stmt,
+            columns=[Product.created_at, Product.id],
+            cursor=cursor,
+            limit=limit,
+            fetch=lambda s: session.scalars(s).all(),
+            key=lambda p: (p.created_at, p.id),
+            kinds=[datetime, uuid.UUID],
+        )
+    return Page(items=rows, next_cursor=next_cursor)
+
+
+def update_product(ctx: Context, product_id: uuid.UUID, patch: ProductPatch) -> Product:
+    changes = patch.model_dump(exclude_unset=True, exclude_none=True)
+    with ctx.db.unit_of_work() as uow:
+        product = _product(uow.session, ctx, product_id)
+        for field, value in changes.items():
+            setattr(product, field, value)
+        product.updated_at = utcnow()
+    return product
+
+
+def archive_product(ctx: Context, product_id: uuid.UUID) -> Product:
+    with ctx.db.unit_of_work() as uow:
+        product = _product(uow.session, ctx, product_id)
+        if product.archived_at is None:
+            product.archived_at = product.updated_at = utcnow()
+    return product
+
+
+def adjust_stock(ctx: Context, product_id: uuid.UUID, *, delta: int, reason: str) -> Product:
+    """Add (or remove) units with a reason; never below zero. Publishes StockAdjusted."""
+    with ctx.db.unit_of_work() as uow:
+        product = _product(uow.session, ctx, product_id)
+        result = uow.session.execute(
+            update(Product)
+            .where(
+                Product.id == product_id,
+                Product.tenant_id == ctx.tenant_id,
+                Product.stock + delta >= 0,
+            )
+            .values(stock=Product.stock + delta, updated_at=utcnow())
+            .returning(Product.stock)
+        )
+        stock = result.scalar()
+        if stock is None:
+            raise StockWouldGoNegative(
+                f"stock of {product.sku} is {product.stock}; cannot remove {-delta}"
+            )
+        uow.session.refresh(product)
+        publish(
+            uow,
+            StockAdjusted(
+                tenant_id=ctx.tenant_id,
+                product_id=product_id,
+                sku=product.sku,
+                delta=delta,
+                stock=stock,
+                reason=reason,
+            ),
+        )
+    return product
+
+
+# -- orders -----------------------------------------------------------------------------
+
+
+def merged_quantities(data: OrderIn) -> dict[uuid.UUID, int]:
+    """Lines naming the same product are merged into one (quantities added)."""
+    quantities: dict[uuid.UUID, int] = defaultdict(int)
+    for item in data.items:
+        quantities[item.product_id] += item.quantity
+    return dict(quantities)
+
+
+def place_order(ctx: Context, data: OrderIn, *, idempotency_key: str | None) -> Outcome:
+    """Create an order idempotently; see opsline.platform.idempotency for the key rules."""
+    request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
+    return run_idempotent(
+        ctx,
+        key=idempotency_key,
+        request_fingerprint=request,
+        status=201,
+        action=lambda uow: order_out(_create_order(uow, ctx, data)).model_dump(mode="json"),
+    )
+
+
+def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> tuple[Order, list[OrderLine]]:
+    from opsline.orders.jobs import capture_payment
+
+    quantities = merged_quantities(data)
+    products = _products_for(uow, ctx, quantities)
+    _stock.take(uow.session, ctx.tenant_id, quantities)
+    now = utcnow()
+    order = Order(
+        id=new_id(),
+        tenant_id=ctx.tenant_id,
+        created_by=ctx.principal.subject,
+        user_id=ctx.principal.user_id,
+        status=OrderStatus.PENDING.value,
+        total=Decimal(0),
+        currency=next(iter(products.values())).currency,
+        created_at=now,
+        updated_at=now,
+    )
+    lines = [
+        OrderLine(
+            tenant_id=ctx.tenant_id,
+            order_id=order.id,
+            product_id=product.id,
+            sku=product.sku,
+            name=product.name,
+            unit_price=product.price,
+            quantity=quantities[product.id],
+            line_total=(product.price * quantities[product.id]).quantize(CENT, ROUND_HALF_UP),
+        )
+        for product in sorted(products.values(), key=lambda p: p.id)
+    ]
+    order.total = sum((line.line_total for line in lines), Decimal(0))
+    uow.session.add(order)
+    uow.session.flush()
+    uow.session.add_all(lines)
+    record_status(uow, order, OrderStatus.PENDING)
+    capture_payment.enqueue(uow, tenant_id=ctx.tenant_id, order_id=order.id)
+    publish(
+        uow,
+        OrderCreated(
+            tenant_id=ctx.tenant_id,
+            order_id=order.id,
+            user_id=order.user_id,
+            total=order.total,
+            currency=order.currency,
+            lines=[
+                {"product_id": str(line.product_id), "quantity": line.quantity} for line in lines
+            ],
+        ),
+    )
+    return order, lines
+
+
+def _products_for(
+    uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
+) -> dict[uuid.UUID, Product]:
+    found = uow.session.scalars(
+        select(Product).where(
+            Product.tenant_id == ctx.tenant_id,
+            Product.id.in_(list(quantities)),
+            Product.deleted_at.is_(None),
+            Product.archived_at.is_(None),
+        )
+    ).all()
+    products = {p.id: p for p in found}
+    missing = [str(pid) for pid in quantities if pid not in products]
+    if missing:
+        raise InvalidOrder(
+            f"unknown or archived products: {', '.join(missing)}", unknown_products=missing
+        )
+    currencies = {p.currency for p in products.values()}
+    if len(currencies) > 1:
+        raise InvalidOrder(
+            f"an order must use one currency; these products mix {sorted(currencies)}"
+        )
+    return products
+
+
+def order_out(order_and_lines: tuple[Order, list[OrderLine]]) -> OrderOut:
+    order, lines = order_and_lines
+    out = OrderOut.model_validate(order)
+    out.lines = [OrderLineOut.model_validate(line) for line in lines]
+    return out
+
+
+def _visible(ctx: Context, stmt: Any) -> Any:
+    stmt = stmt.where(Order.tenant_id == ctx.tenant_id)
+    if not ctx.principal.has(ORDERS_READ_ALL.name):
+        stmt = stmt.where(Order.created_by == ctx.principal.subject)
+    return stmt
+
+
+def get_order(ctx: Context, order_id: uuid.UUID) -> OrderOut:
+    """An order the caller may see; others' orders are 404 like missing ones."""
+    with ctx.db.read() as session:
+        order = session.scalars(_visible(ctx, select(Order).where(Order.id == order_id))).first()
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found")
+        lines = session.scalars(
+            select(OrderLine)
+            .where(OrderLine.order_id == order_id, OrderLine.tenant_id == ctx.tenant_id)
+            .order_by(OrderLine.product_id)
+        ).all()
+    return order_out((order, list(lines)))
+
+
+def list_orders(
+    ctx: Context,
+    *,
+    cursor: str | None,
+    limit: int,
+    status: OrderStatus | None = None,
+    created_by: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+) -> Page[OrderOut]:
+    stmt = _visible(ctx, select(Order))
+    if status is not None:
+        stmt = stmt.where(Order.status == status.value)
+    if created_by is not None:
+        stmt = stmt.where(Order.created_by == created_by)
+    if created_from is not None:
+        stmt = stmt.where(Order.created_at >= created_from)
+    if created_to is not None:
+        stmt = stmt.where(Order.created_at < created_to)
+    with ctx.db.read() as session:
+        rows, next_cursor = keyset_page(
+            stmt,
+            columns=[Order.created_at, Order.id],
+            cursor=cursor,
+            limit=limit,
+            fetch=lambda s: session.scalars(s).all(),
+            key=lambda o: (o.created_at, o.id),
+            kinds=[datetime, uuid.UUID],
+        )
+    return Page(items=[OrderOut.model_validate(o) for o in rows], next_cursor=next_cursor)
+
+
+def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tuple[OrderOut, bool]:
+    """PENDING -> CANCELLED with stock restored exactly once.
+
+    Returns the order and whether this call changed it: cancelling a cancelled
+    order changes nothing; any other state is a 409 naming it.
+    """
+    with ctx.db.unit_of_work() as uow:
+        order = uow.session.scalars(
+            _visible_for_cancel(ctx, select(Order).where(Order.id == order_id))
+        ).first()
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found")
+        if order.status == OrderStatus.CANCELLED.value:
+            return OrderOut.model_validate(order), False
+        cancelled = require(
+            uow,
+            tenant_id=ctx.tenant_id,
+            order_id=order_id,
+            source=OrderStatus.PENDING,
+            target=OrderStatus.CANCELLED,
+            cancelled_at=utcnow(),
+            failure_reason=reason,
+        )
+        # The winning transition is the only one that restores stock.
+        _stock.give_back(uow.session, ctx.tenant_id, order_id)
+        publish(
+            uow,
+            OrderCancelled(
+                tenant_id=ctx.tenant_id, order_id=order_id, user_id=order.user_id, reason=reason
+            ),
+        )
+        return OrderOut.model_validate(cancelled), True
+
+
+def _visible_for_cancel(ctx: Context, stmt: Any) -> Any:
+    """The creator may cancel their order; managers any order of the tenant."""
+    stmt = stmt.where(Order.tenant_id == ctx.tenant_id)
+    if ctx.principal.has(ORDERS_CANCEL_ANY.name):
+        return stmt
+    return stmt.where(Order.created_by == ctx.principal.subject)

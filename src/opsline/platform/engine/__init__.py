@@ -1,0 +1,1 @@
+"""The durable job-and-event engine (see README.md in this folder)."""

@@ -1,0 +1,390 @@
+"""The worker's statements: claim, ack, fail, heartbeat, rescue, promote, release.
+
+Every statement that changes a running job is **fenced**: it applies only
+``WHERE lease_owner = <this worker> AND state = 'running' AND (id, attempt) =
+<the attempt it claimed>``. A worker that lost its lease (its job was rescued
+and maybe re-run elsewhere) therefore can never overwrite the newer attempt;
+its late ack is a no-op.
+
+No transaction is ever held while a handler runs: a cycle is one short write
+transaction (``BEGIN IMMEDIATE`` on SQLite) that applies the grouped outcomes
+of finished jobs, promotes due jobs, and claims as many jobs as there are
+free slots.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+
+from opsline.db import Database, utcnow
+from opsline.platform.engine import _sqlite_hot
+from opsline.platform.engine._engines import hot_engine
+from opsline.platform.engine.batches import BatchCounts, record_finished
+from opsline.platform.engine.models import job_errors_table, jobs_table, state_is
+
+J = jobs_table.c
+TS = J.run_at.type
+Status = Literal["succeeded", "failed", "cancelled"]
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    id: int
+    name: str
+    queue: str
+    tenant_id: uuid.UUID | None
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    batch_id: uuid.UUID | None
+    concurrency_key: str | None
+    priority: int = 0
+    vtime: int = 0
+
+
+@dataclass(slots=True)
+class Failure:
+    error_type: str
+    message: str
+    traceback: str
+    retry_at: datetime | None  # None: dead (no attempts left)
+
+
+@dataclass(slots=True)
+class Outcome:
+    job: ClaimedJob
+    status: Status
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Applied:
+    """What a cycle actually changed (fenced-out outcomes are absent)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    finished_batches: list[uuid.UUID] = field(default_factory=list)
+
+
+def _claim_statement() -> Any:
+    running = jobs_table.alias("r")
+    running_for_key = (
+        select(func.count())
+        .where(
+            state_is(running.c.state, "running"),
+            running.c.concurrency_key.is_not(None),
+            running.c.concurrency_key == J.concurrency_key,
+        )
+        .scalar_subquery()
+    )
+    candidates = (
+        select(J.id)
+        .where(
+            state_is(J.state, "available"),
+            J.queue == bindparam("b_queue"),
+            or_(J.concurrency_key.is_(None), running_for_key < J.concurrency_limit),
+        )
+        .order_by(J.priority, J.vtime, J.id)
+        .limit(bindparam("n"))
+        .with_for_update(skip_locked=True)
+        .cte("candidates")
+    )
+    return (
+        update(jobs_table)
+        .where(J.id == candidates.c.id)
+        .values(
+            state="running",
+            attempt=J.attempt + 1,
+            attempted_at=bindparam("now", type_=TS),
+            lease_owner=bindparam("worker"),
+            lease_expires_at=bindparam("expires", type_=TS),
+        )
+        .returning(
+            J.id,
+            J.name,
+            J.queue,
+            J.tenant_id,
+            J.args,
+            J.attempt,
+            J.max_attempts,
+            J.batch_id,
+            J.concurrency_key,
+            J.priority,
+            J.vtime,
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+_FENCE = (J.lease_owner == bindparam("worker"), state_is(J.state, "running"))
+
+
+# "id IN (...)" lets SQLite probe the primary key; the row values then fence the attempt.
+_PAIRS = (
+    J.id.in_(bindparam("ids", expanding=True)),
+    tuple_(J.id, J.attempt).in_(bindparam("pairs", expanding=True)),
+)
+
+
+def _finish(state: str) -> Any:
+    return (
+        update(jobs_table)
+        .where(*_FENCE, *_PAIRS)
+        .values(
+            state=state,
+            finished_at=bindparam("now", type_=TS),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .returning(J.id)
+    )
+
+
+_SUCCEED = _finish("succeeded")
+_CANCEL = _finish("cancelled")
+_FAIL = (
+    update(jobs_table)
+    .where(*_FENCE, J.id == bindparam("job_id"), J.attempt == bindparam("job_attempt"))
+    .values(
+        state=bindparam("new_state"),
+        run_at=bindparam("retry_at", type_=TS),
+        finished_at=bindparam("finished", type_=TS),
+        last_error=bindparam("message"),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
+_HEARTBEAT = (
+    update(jobs_table)
+    .where(*_FENCE, *_PAIRS)
+    .values(lease_expires_at=bindparam("expires", type_=TS))
+    .returning(J.id, J.cancel_requested)
+)
+_RELEASE = (
+    update(jobs_table)
+    .where(*_FENCE, *_PAIRS)
+    .values(state="available", attempt=J.attempt - 1, lease_owner=None, lease_expires_at=None)
+)
+_PROMOTE = text(
+    "UPDATE jobs SET state = 'available', vtime = coalesce((SELECT h.vtime FROM jobs h"
+    " WHERE h.state = 'available' AND h.queue = jobs.queue"
+    " ORDER BY h.priority, h.vtime, h.id LIMIT 1), 0)"
+    " WHERE state IN ('scheduled', 'retryable') AND run_at <= :now"
+).bindparams(bindparam("now", type_=TS))
+
+
+class Store:
+    """Statements of one worker process (``worker_id`` is its lease owner name)."""
+
+    def __init__(self, db: Database, worker_id: str, lease_seconds: float) -> None:
+        self.db = db
+        self.engine = hot_engine(db)
+        self.is_postgres = db.engine.dialect.name == "postgresql"
+        self.is_sqlite = not self.is_postgres
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def cycle(
+        self, outcomes: Sequence[Outcome], plan: Sequence[tuple[str, int]], *, promote: bool
+    ) -> tuple[list[ClaimedJob], Applied]:
+        """One transaction: apply outcomes, promote due jobs, claim per ``plan``.
+
+        ``plan`` lists (queue, slots) in preference order; slots a queue cannot
+        fill go to the next queues of the plan.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            applied = self._apply(conn, outcomes, now) if outcomes else Applied()
+            if promote:
+                conn.execute(_PROMOTE, {"now": now})
+            claimed = self._claim_plan(conn, plan, now) if plan else []
+        return claimed, applied
+
+    def _claim_plan(
+        self, conn: Connection, plan: Sequence[tuple[str, int]], now: datetime
+    ) -> list[ClaimedJob]:
+        claimed: list[ClaimedJob] = []
+        spare = 0
+        drained: set[str] = set()
+        for queue, slots in plan:
+            got = self._claim(conn, queue, slots, now)
+            claimed += got
+            if len(got) < slots:
+                spare += slots - len(got)
+                drained.add(queue)
+        for queue, _ in plan:
+            if spare <= 0:
+                break
+            if queue not in drained:
+                got = self._claim(conn, queue, spare, now)
+                claimed += got
+                spare -= len(got)
+        return claimed
+
+    def _claim(self, conn: Connection, queue: str, n: int, now: datetime) -> list[ClaimedJob]:
+        if n <= 0:
+            return []
+        params = {
+            "b_queue": queue,
+            "n": n,
+            "now": now,
+            "worker": self.worker_id,
+            "expires": now + self.lease,
+        }
+        if self.is_sqlite:
+            jobs = _sqlite_hot.claim(_raw(conn), queue, n, now, self.worker_id, params["expires"])
+        else:
+            jobs = [ClaimedJob(*row) for row in conn.execute(_CLAIM, params)]
+        if any(job.concurrency_key for job in jobs):
+            jobs = self._enforce_limits(conn, jobs)
+        jobs.sort(key=lambda job: (job.priority, job.vtime, job.id))
+        return jobs
+
+    def _enforce_limits(self, conn: Connection, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Give back jobs claimed beyond their key's concurrency limit.
+
+        On PostgreSQL a transaction-scoped advisory lock per key (taken in key
+        order, so no deadlock) serialises claimers of one key, and the count
+        below then sees every committed claim; SQLite has one writer anyway.
+        """
+        keys = sorted({job.concurrency_key for job in jobs if job.concurrency_key})
+        if self.is_postgres:
+            for key in keys:
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        rows = conn.execute(
+            select(J.concurrency_key, func.count(), func.min(J.concurrency_limit))
+            .where(state_is(J.state, "running"), J.concurrency_key.in_(keys))
+            .group_by(J.concurrency_key)
+        ).all()
+        excess = {key: count - limit for key, count, limit in rows if count > limit}
+        give_back: list[ClaimedJob] = []
+        for job in sorted(jobs, key=lambda j: -j.id):
+            if job.concurrency_key and excess.get(job.concurrency_key, 0) > 0:
+                excess[job.concurrency_key] -= 1
+                give_back.append(job)
+        if give_back:
+            self._release(conn, give_back)
+        kept = {job.id for job in give_back}
+        return [job for job in jobs if job.id not in kept]
+
+    def _apply(self, conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> Applied:
+        applied = Applied()
+        by_status: dict[str, list[Outcome]] = defaultdict(list)
+        for outcome in outcomes:
+            by_status[outcome.status].append(outcome)
+        for status, stmt in (("succeeded", _SUCCEED), ("cancelled", _CANCEL)):
+            group = by_status.get(status)
+            if group:
+                done = self._finish(conn, stmt, status, group, now)
+                applied.outcomes += [o for o in group if o.job.id in done]
+        for outcome in by_status.get("failed", ()):
+            if self._fail(conn, outcome, now):
+                applied.outcomes.append(outcome)
+        applied.finished_batches = record_finished(conn, _batch_counts(applied.outcomes), now)
+        return applied
+
+    def _finish(
+        self, conn: Connection, stmt: Any, status: str, group: list[Outcome], now: datetime
+    ) -> set[int]:
+        jobs = [o.job for o in group]
+        if self.is_sqlite:
+            return _sqlite_hot.finish(_raw(conn), status, jobs, now, self.worker_id)
+        params = {"now": now, "worker": self.worker_id, **_pairs(jobs)}
+        return {row[0] for row in conn.execute(stmt, params)}
+
+    def _fail(self, conn: Connection, outcome: Outcome, now: datetime) -> bool:
+        failure = outcome.failure
+        assert failure is not None
+        job = outcome.job
+        dead = failure.retry_at is None
+        result = conn.execute(
+            _FAIL,
+            {
+                "worker": self.worker_id,
+                "job_id": job.id,
+                "job_attempt": job.attempt,
+                "new_state": "dead" if dead else "retryable",
+                "retry_at": failure.retry_at or now,
+                "finished": now if dead else None,
+                "message": f"{failure.error_type}: {failure.message}"[:2000],
+            },
+        )
+        if result.rowcount != 1:
+            return False
+        conn.execute(
+            insert(job_errors_table),
+            {
+                "job_id": job.id,
+                "tenant_id": job.tenant_id,
+                "attempt": job.attempt,
+                "error_type": failure.error_type,
+                "message": failure.message,
+                "traceback": failure.traceback,
+                "worker": self.worker_id,
+                "failed_at": now,
+            },
+        )
+        return True
+
+    def heartbeat(self, jobs: Sequence[ClaimedJob]) -> tuple[set[int], set[int]]:
+        """Renew leases; returns (ids still owned, ids whose cancellation was requested)."""
+        if not jobs:
+            return set(), set()
+        now = utcnow()
+        params = {
+            **_pairs(jobs),
+            "worker": self.worker_id,
+            "expires": now + self.lease,
+        }
+        with self.engine.begin() as conn:
+            rows = conn.execute(_HEARTBEAT, params).all()
+        return {row[0] for row in rows}, {row[0] for row in rows if row[1]}
+
+    def release(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Give claimed jobs back (shutdown); the attempt is not counted."""
+        if jobs:
+            with self.engine.begin() as conn:
+                self._release(conn, jobs)
+
+    def _release(self, conn: Connection, jobs: Sequence[ClaimedJob]) -> None:
+        conn.execute(_RELEASE, {**_pairs(jobs), "worker": self.worker_id})
+
+
+def _raw(conn: Connection) -> Any:
+    return conn.connection.dbapi_connection
+
+
+def _pairs(jobs: Sequence[ClaimedJob]) -> dict[str, Any]:
+    return {"ids": [j.id for j in jobs], "pairs": [(j.id, j.attempt) for j in jobs]}
+
+
+def _batch_counts(outcomes: Sequence[Outcome]) -> dict[uuid.UUID, BatchCounts]:
+    counts: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for outcome in outcomes:
+        job = outcome.job
+        if job.batch_id is None:
+            continue
+        if outcome.status == "succeeded":
+            counts[job.batch_id][0] += 1
+        elif outcome.status == "cancelled":
+            counts[job.batch_id][2] += 1
+        elif outcome.failure is not None and outcome.failure.retry_at is None:
+            counts[job.batch_id][1] += 1
+    return {key: BatchCounts(*value) for key, value in counts.items()}

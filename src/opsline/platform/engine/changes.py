@@ -1,0 +1,80 @@
+"""After-commit "something changed" announcements of the engine.
+
+The engine announces job, batch and event changes on channel
+``tenant:<id>`` (``system`` for jobs without a tenant) through the
+:class:`~opsline.platform.realtime.PubSub` bound to the database URL by the
+composition root (``bind_pubsub``). With none bound, announcing is a no-op.
+Announcements are published only after the unit of work commits.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from opsline.db import Database, UnitOfWork
+from opsline.platform.realtime import PubSub
+
+log = structlog.get_logger(__name__)
+
+_lock = threading.Lock()
+_pubsubs: dict[str, PubSub] = {}
+
+
+def bind_pubsub(db: Database, pubsub: PubSub | None) -> None:
+    key = _key(db.engine)
+    with _lock:
+        if pubsub is None:
+            _pubsubs.pop(key, None)
+        else:
+            _pubsubs[key] = pubsub
+
+
+def pubsub_for(engine: Engine) -> PubSub | None:
+    return _pubsubs.get(_key(engine))
+
+
+def _key(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def channel(tenant_id: uuid.UUID | None) -> str:
+    return f"tenant:{tenant_id}" if tenant_id else "system"
+
+
+def announce(uow: UnitOfWork, kind: str, tenant_id: uuid.UUID | None, data: dict[str, Any]) -> None:
+    """Queue a message for after commit (dropped on rollback)."""
+    pubsub = pubsub_for(uow.session.get_bind().engine)
+    if pubsub is None:
+        return
+    messages: list[tuple[str, dict[str, Any]]] = uow.info.setdefault("engine_changes", [])
+    if not messages:
+        uow.after_commit(lambda: send(pubsub, messages))
+    messages.append((channel(tenant_id), {"kind": kind, **data}))
+
+
+def job_changes(outcomes: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One message per tenant for the jobs (and batches) a worker cycle finished."""
+    jobs: dict[str, list[int]] = {}
+    batches: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        name = channel(outcome.job.tenant_id)
+        jobs.setdefault(name, []).append(outcome.job.id)
+        if outcome.job.batch_id is not None:
+            batches.setdefault(name, set()).add(str(outcome.job.batch_id))
+    messages = [(name, {"kind": "jobs", "ids": ids}) for name, ids in jobs.items()]
+    messages += [(name, {"kind": "batches", "ids": sorted(ids)}) for name, ids in batches.items()]
+    return messages
+
+
+def send(pubsub: PubSub, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    for name, message in messages:
+        try:
+            pubsub.publish(name, message)
+        except Exception:
+            # Best effort: a realtime hiccup never fails the committed work.
+            log.warning("realtime_publish_failed", channel=name, exc_info=True)

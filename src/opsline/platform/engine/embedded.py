@@ -1,0 +1,27 @@
+"""Wiring the engine into a runtime: the pub/sub, and the embedded worker and scheduler."""
+
+from __future__ import annotations
+
+from opsline.platform.engine.changes import bind_pubsub
+from opsline.platform.engine.scheduler import Scheduler
+from opsline.platform.engine.worker import Worker
+from opsline.platform.realtime import create_pubsub
+from opsline.platform.runtime import Runtime
+
+
+def attach_engine(runtime: Runtime) -> None:
+    """Give the runtime its pub/sub and bind it for the engine's announcements."""
+    runtime.pubsub = create_pubsub(runtime.settings)
+    bind_pubsub(runtime.db, runtime.pubsub)
+
+
+def add_embedded_engine(runtime: Runtime) -> None:
+    """Add worker threads (``embedded_workers``, all queues) and, if
+    ``embedded_scheduler``, the scheduler to the services ``opsline serve`` runs."""
+    settings = runtime.settings
+    if settings.embedded_workers > 0:
+        runtime.background.append(
+            Worker(runtime.db, settings, concurrency=settings.embedded_workers)
+        )
+    if settings.embedded_scheduler:
+        runtime.background.append(Scheduler(runtime.db, settings))

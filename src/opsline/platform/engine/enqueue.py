@@ -1,0 +1,280 @@
+"""Putting jobs on the queue, inside a unit of work or on their own.
+
+Enqueue inside a :class:`UnitOfWork` writes the job row in the caller's
+transaction: it commits or rolls back with the business rows, and idle workers
+are woken only after commit. Enqueue on a :class:`Database` opens and commits
+its own transaction. Arguments are validated before anything is written.
+
+Unique jobs: while a job with the same unique key is pending (scheduled,
+available, running or retryable), enqueueing returns the existing job's id.
+The key is namespaced by job name and tenant; a partial unique index enforces
+it, so concurrent enqueues of one key yield one job on both backends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Uuid, bindparam, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from opsline.db import Database, UnitOfWork, utcnow
+from opsline.platform.engine import _sqlite_hot, _wake, metrics
+from opsline.platform.engine._engines import begin_immediate, hot_engine
+from opsline.platform.engine.models import PENDING_STATES, jobs_table, state_is
+from opsline.platform.engine.registry import JobDef, get_job
+
+Executor = Session | Connection
+J = jobs_table.c
+_UNIQUE_WHERE = text(
+    "unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job to enqueue with :func:`enqueue_many`."""
+
+    job: str | JobDef
+    args: Mapping[str, Any] = field(default_factory=dict)
+    tenant_id: uuid.UUID | None = None
+    delay: float | timedelta | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+
+
+def enqueue(
+    target: UnitOfWork | Database,
+    job: str | JobDef,
+    args: Mapping[str, Any] | None = None,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    delay: float | timedelta | None = None,
+    run_at: datetime | None = None,
+    priority: int | None = None,
+) -> int:
+    """Queue one job and return its id (the existing job's id for a duplicate unique key).
+
+    Raises :class:`InvalidJobArgs` or :class:`UnknownJob` before writing anything.
+    """
+    spec = JobSpec(job, args or {}, tenant_id, delay, run_at, priority)
+    return enqueue_many(target, [spec])[0]
+
+
+def enqueue_many(
+    target: UnitOfWork | Database, specs: Iterable[JobSpec], *, batch_id: uuid.UUID | None = None
+) -> list[int]:
+    """Queue many jobs in one transaction; ids are returned in the order given."""
+    rows = build_rows(specs, batch_id=batch_id)
+    if isinstance(target, Database):
+        return _enqueue_direct(target, rows)
+    ids = insert_rows(target.session, rows)
+    _after_enqueue(target, rows)
+    return ids
+
+
+def _enqueue_direct(db: Database, rows: list[dict[str, Any]]) -> list[int]:
+    """Own short transaction on the engine's hot connections (no ORM session)."""
+    engine = hot_engine(db)
+    if db.is_sqlite:
+        raw = engine.raw_connection()
+        try:
+            begin_immediate(raw.dbapi_connection)
+            try:
+                ids = _sqlite_hot.insert_rows(raw.dbapi_connection, rows)
+                raw.dbapi_connection.execute("COMMIT")
+            except BaseException:
+                raw.dbapi_connection.execute("ROLLBACK")
+                raise
+        finally:
+            raw.close()
+    else:
+        with engine.begin() as conn:
+            ids = insert_rows(conn, rows)  # the jobs_notify trigger notifies workers
+    _count_enqueued(Counter(row["queue"] for row in rows))
+    _wake.notify(_wake.url_key(db.engine))
+    return ids
+
+
+def build_rows(
+    specs: Iterable[JobSpec], *, batch_id: uuid.UUID | None = None
+) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [_row(spec, now, batch_id) for spec in specs]
+
+
+def _row(spec: JobSpec, now: datetime, batch_id: uuid.UUID | None) -> dict[str, Any]:
+    definition = spec.job if isinstance(spec.job, JobDef) else get_job(spec.job)
+    args = definition.validate(spec.args)
+    run_at = spec.run_at or now
+    if spec.delay is not None:
+        seconds = spec.delay.total_seconds() if isinstance(spec.delay, timedelta) else spec.delay
+        run_at = now + timedelta(seconds=seconds)
+    scope = f"{definition.name}|{spec.tenant_id or '-'}|"
+    unique = definition.unique(args) if definition.unique else None
+    concurrency = definition.concurrency_key(args) if definition.concurrency_key else None
+    return {
+        "tenant_id": spec.tenant_id,
+        "name": definition.name,
+        "queue": definition.queue,
+        "priority": definition.priority if spec.priority is None else spec.priority,
+        "vtime": 0,
+        "state": "available" if run_at <= now else "scheduled",
+        "args": args,
+        "attempt": 0,
+        "max_attempts": definition.max_attempts,
+        "run_at": run_at,
+        "created_at": now,
+        "unique_key": None if unique is None else scope + unique,
+        "concurrency_key": None if concurrency is None else scope + concurrency,
+        "concurrency_limit": definition.concurrency_limit if concurrency is not None else None,
+        "batch_id": batch_id,
+        "cancel_requested": False,
+    }
+
+
+def insert_rows(executor: Executor, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert prepared rows in the executor's transaction; returns ids in order.
+
+    Fair virtual time: a tenant's new job goes after that tenant's pending jobs
+    in its queue but no later than the head of the queue, so tenants alternate.
+    """
+    if len(rows) == 1 and rows[0]["state"] == "available" and rows[0]["unique_key"] is None:
+        return [_insert_fair(executor, rows[0])]
+    _assign_vtimes(executor, rows)
+    ids: list[int] = []
+    for row in rows:
+        if row["unique_key"] is None:
+            ids.append(executor.execute(_INSERT, row).scalar_one())
+        else:
+            ids.append(_insert_unique(executor, row))
+    return ids
+
+
+_INSERT = insert(jobs_table).returning(J.id)
+_NOTIFY = text(f"SELECT pg_notify('{_wake.CHANNEL}', '')")
+
+
+def _assign_vtimes(executor: Executor, rows: Sequence[dict[str, Any]]) -> None:
+    tails: dict[tuple[str, uuid.UUID | None], int] = {}
+    for row in rows:
+        if row["state"] != "available":
+            continue
+        scope = (row["queue"], row["tenant_id"])
+        if scope not in tails:
+            tails[scope] = _start_vtime(executor, *scope)
+        row["vtime"] = tails[scope]
+        tails[scope] += 1
+
+
+_TAIL = (
+    select(func.max(J.vtime) + 1)
+    .where(
+        state_is(J.state, "available"),
+        J.queue == bindparam("q"),
+        J.tenant_id == bindparam("t", type_=Uuid()),
+    )
+    .scalar_subquery()
+)
+_TAIL_SYSTEM = (
+    select(func.max(J.vtime) + 1)
+    .where(state_is(J.state, "available"), J.queue == bindparam("q"), J.tenant_id.is_(None))
+    .scalar_subquery()
+)
+# The head of the queue: the next job in claim order (an index seek, not a scan).
+_HEAD = (
+    select(J.vtime)
+    .where(state_is(J.state, "available"), J.queue == bindparam("q"))
+    .order_by(J.priority, J.vtime, J.id)
+    .limit(1)
+)
+_START = select(func.coalesce(_TAIL, _HEAD.scalar_subquery(), 0))
+_START_SYSTEM = select(func.coalesce(_TAIL_SYSTEM, _HEAD.scalar_subquery(), 0))
+
+
+_INSERT_FAIR = (
+    insert(jobs_table)
+    .values(vtime=func.coalesce(_TAIL, _HEAD.scalar_subquery(), 0))
+    .returning(J.id)
+)
+_INSERT_FAIR_SYSTEM = (
+    insert(jobs_table)
+    .values(vtime=func.coalesce(_TAIL_SYSTEM, _HEAD.scalar_subquery(), 0))
+    .returning(J.id)
+)
+
+
+def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
+    """One statement (one round trip on PostgreSQL): the row with its fair vtime."""
+    params = {k: v for k, v in row.items() if k != "vtime"}
+    params["q"] = row["queue"]
+    if row["tenant_id"] is None:
+        return int(executor.execute(_INSERT_FAIR_SYSTEM, params).scalar_one())
+    params["t"] = row["tenant_id"]
+    return int(executor.execute(_INSERT_FAIR, params).scalar_one())
+
+
+def _start_vtime(executor: Executor, queue: str, tenant_id: uuid.UUID | None) -> int:
+    if tenant_id is None:
+        return int(executor.execute(_START_SYSTEM, {"q": queue}).scalar_one())
+    return int(executor.execute(_START, {"q": queue, "t": tenant_id}).scalar_one())
+
+
+def _insert_unique(executor: Executor, row: dict[str, Any]) -> int:
+    dialect = (
+        executor.get_bind().dialect.name if isinstance(executor, Session) else executor.dialect.name
+    )
+    factory = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        factory(jobs_table)
+        .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
+        .returning(J.id)
+    )
+    inserted = executor.execute(stmt, row).scalar_one_or_none()
+    if inserted is not None:
+        return int(inserted)
+    existing = executor.execute(
+        select(J.id).where(J.unique_key == row["unique_key"], J.state.in_(PENDING_STATES))
+    ).scalar_one()
+    return int(existing)
+
+
+def _after_enqueue(uow: UnitOfWork, rows: Sequence[dict[str, Any]]) -> None:
+    """Count per queue and arrange one wake-up per unit of work, after commit."""
+    counts: Counter[str] = uow.info.setdefault("engine_enqueued", Counter())
+    first = not counts
+    counts.update(row["queue"] for row in rows)
+    if first:
+        uow.after_commit(lambda: _count_enqueued(counts))
+        # On PostgreSQL the jobs_notify trigger already notifies on INSERT.
+        wake_workers(uow, notify_postgres=False)
+
+
+def _count_enqueued(counts: Counter[str]) -> None:
+    for queue, count in counts.items():
+        metrics.JOBS_ENQUEUED.labels(queue).inc(count)
+
+
+def wake_workers(uow: UnitOfWork, *, notify_postgres: bool = True) -> None:
+    """Wake idle workers once ``uow`` commits (idempotent within one unit of work).
+
+    In-process workers get a signal after commit; on PostgreSQL a ``NOTIFY``
+    is issued in the transaction (delivered on commit) unless the caller only
+    inserted jobs, which the ``jobs_notify`` trigger announces by itself.
+    """
+    if uow.info.get("engine_wake"):
+        return
+    uow.info["engine_wake"] = True
+    bind = uow.session.get_bind()
+    if notify_postgres and bind.dialect.name == "postgresql":
+        # Delivered by PostgreSQL only if and when this transaction commits.
+        uow.session.execute(_NOTIFY)
+    key = _wake.url_key(bind.engine)
+    uow.after_commit(lambda: _wake.notify(key))

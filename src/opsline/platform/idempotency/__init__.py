@@ -1,0 +1,1 @@
+"""Idempotency keys for creating POSTs (the ``Idempotency-Key`` header)."""

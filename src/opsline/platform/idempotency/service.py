@@ -1,0 +1,174 @@
+"""Idempotent creation: the key is claimed in the use case's own transaction.
+
+``claim`` inserts the key row (tenant, principal, key) with a fingerprint of the
+request before the use case writes anything, in the same unit of work; the
+response is stored on the same row before commit. So either the business rows
+and the key commit together, or neither does:
+
+- same key, same request, first one committed -> the stored response, replayed;
+- same key, different request -> 422;
+- same key while the first request's transaction is still open -> 409 (on
+  PostgreSQL the insert would wait on the first transaction's unique-index
+  entry; it waits at most ``LOCK_WAIT`` and then answers 409; SQLite runs one
+  writer at a time, so the second request simply sees the committed first).
+
+A failed use case (a 409 for lack of stock, say) stores its problem response
+too: it runs in a savepoint that is rolled back, while the key row commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from opsline.db import Database, UnitOfWork, utcnow
+from opsline.platform.context import Context
+from opsline.platform.http.problems import BadRequest, Conflict, Problem, Unprocessable
+from opsline.platform.idempotency.models import IdempotencyKey
+
+T = TypeVar("T")
+TTL = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+LOCK_WAIT_MS = 250
+
+K = IdempotencyKey
+
+
+class KeyInFlight(Conflict):
+    type_slug = "idempotency-key-in-flight"
+    title = "Request with this key in progress"
+
+
+class KeyReused(Unprocessable):
+    type_slug = "idempotency-key-reused"
+    title = "Idempotency key reused with another request"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def check_key(key: str | None, *, required: bool) -> str | None:
+    if key is None or key == "":
+        if required:
+            raise BadRequest(
+                "send an Idempotency-Key header (any unique string up to 255 characters)"
+            )
+        return None
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters")
+    return key
+
+
+def run_idempotent(
+    ctx: Context,
+    *,
+    key: str | None,
+    request_fingerprint: str,
+    status: int,
+    action: Callable[[UnitOfWork], dict[str, Any]],
+) -> Outcome:
+    """Run ``action`` once per key; ``action`` returns the JSON body of its response."""
+    if key is None:
+        with ctx.db.unit_of_work() as uow:
+            return Outcome(status, action(uow), replayed=False)
+    stored = _stored(ctx, key)
+    if stored is not None:
+        return _replay(stored, request_fingerprint)
+    try:
+        return _first_run(ctx, key, request_fingerprint, status, action)
+    except IntegrityError:
+        # Lost the race to a request that committed the same key meanwhile.
+        stored = _stored(ctx, key)
+        if stored is None:
+            raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
+        return _replay(stored, request_fingerprint)
+
+
+def _first_run(
+    ctx: Context,
+    key: str,
+    request_fingerprint: str,
+    status: int,
+    action: Callable[[UnitOfWork], dict[str, Any]],
+) -> Outcome:
+    problem: Problem | None = None
+    with ctx.db.unit_of_work() as uow:
+        _claim(uow, ctx, key, request_fingerprint)
+        try:
+            with uow.session.begin_nested():
+                body = action(uow)
+        except Problem as exc:
+            problem, status, body = exc, exc.status, exc.body()
+        uow.session.execute(
+            update(K)
+            .where(K.tenant_id == ctx.tenant_id, K.principal == ctx.principal.subject, K.key == key)
+            .values(response_status=status, response_body=body)
+        )
+    if problem is not None:
+        raise problem
+    return Outcome(status, body, replayed=False)
+
+
+def _claim(uow: UnitOfWork, ctx: Context, key: str, request_fingerprint: str) -> None:
+    session = uow.session
+    is_pg = session.get_bind().dialect.name == "postgresql"
+    if is_pg:
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
+    try:
+        session.execute(
+            insert(K).values(
+                tenant_id=ctx.tenant_id,
+                principal=ctx.principal.subject,
+                key=key,
+                fingerprint=request_fingerprint,
+                response_status=0,
+                response_body={},
+                expires_at=utcnow() + TTL,
+            )
+        )
+    except OperationalError as exc:
+        if "lock timeout" in str(exc.orig).lower() or "55P03" in str(
+            getattr(exc.orig, "sqlstate", "")
+        ):
+            raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
+        raise
+    if is_pg:
+        session.execute(text("SET LOCAL lock_timeout = 0"))
+
+
+def _stored(ctx: Context, key: str) -> IdempotencyKey | None:
+    with ctx.db.read() as session:
+        return session.scalars(
+            select(K).where(
+                K.tenant_id == ctx.tenant_id, K.principal == ctx.principal.subject, K.key == key
+            )
+        ).first()
+
+
+def _replay(stored: IdempotencyKey, request_fingerprint: str) -> Outcome:
+    if stored.fingerprint != request_fingerprint:
+        raise KeyReused("this Idempotency-Key was used with a different request; use a new key")
+    return Outcome(stored.response_status, stored.response_body, replayed=True)
+
+
+def purge_expired(db: Database) -> int:
+    """Delete keys past their 24 h; returns how many."""
+    with db.unit_of_work() as uow:
+        result = uow.session.execute(delete(K).where(K.expires_at < utcnow()))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,184 @@
+"""A small pub/sub for "something changed" messages (job, batch, event, ...).
+
+Messages are small JSON objects published after commit on a channel such as
+``tenant:<uuid>``; realtime endpoints subscribe and push them to clients, who
+then re-read what changed. Delivery is best effort (at most once): a
+subscriber that was not listening misses the message and must re-read state.
+
+Implementations: in-process (the embedded default: one process serves and
+works), Redis pub/sub (``OPSLINE_REDIS_URL``), PostgreSQL ``NOTIFY`` (payload
+limit 8000 bytes; used when the database is PostgreSQL and no Redis is set).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import orjson
+
+from opsline.settings import Settings
+
+Message = dict[str, Any]
+PG_CHANNEL = "opsline_realtime"
+
+
+class Subscription(Protocol):
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PubSub(Protocol):
+    def publish(self, channel: str, message: Message) -> None: ...
+
+    def subscribe(self, *channels: str) -> Subscription: ...
+
+    def close(self) -> None: ...
+
+
+class _QueueSubscription:
+    def __init__(self, unsubscribe: Any) -> None:
+        self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._unsubscribe = unsubscribe
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._unsubscribe(self)
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            message = self.get()
+            if message is not None:
+                yield message
+
+
+class InProcessPubSub:
+    """Fan-out to subscribers in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, list[_QueueSubscription]] = defaultdict(list)
+
+    def publish(self, channel: str, message: Message) -> None:
+        with self._lock:
+            targets = list(self._subscribers.get(channel, ()))
+        for subscription in targets:
+            subscription.queue.put({**message, "channel": channel})
+
+    def subscribe(self, *channels: str) -> _QueueSubscription:
+        subscription = _QueueSubscription(lambda s: self._remove(s, channels))
+        with self._lock:
+            for channel in channels:
+                self._subscribers[channel].append(subscription)
+        return subscription
+
+    def _remove(self, subscription: _QueueSubscription, channels: tuple[str, ...]) -> None:
+        with self._lock:
+            for channel in channels:
+                if subscription in self._subscribers.get(channel, []):
+                    self._subscribers[channel].remove(subscription)
+
+    def close(self) -> None:
+        with self._lock:
+            self._subscribers.clear()
+
+
+class RedisPubSub:
+    """Redis ``PUBLISH``/``SUBSCRIBE``; one connection pool per process."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+
+    def publish(self, channel: str, message: Message) -> None:
+        self._client.publish(channel, orjson.dumps({**message, "channel": channel}))
+
+    def subscribe(self, *channels: str) -> Subscription:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(*channels)
+        return _RedisSubscription(pubsub)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _RedisSubscription:
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        raw = self._pubsub.get_message(timeout=timeout if timeout is not None else 3600.0)
+        if raw is None or raw.get("type") != "message":
+            return None
+        message: Message = orjson.loads(raw["data"])
+        return message
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
+class PostgresPubSub:
+    """PostgreSQL ``NOTIFY`` on one channel; subscribers filter by logical channel."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._lock = threading.Lock()
+        self._connection: Any = None
+
+    def publish(self, channel: str, message: Message) -> None:
+        import psycopg
+
+        payload = orjson.dumps({**message, "channel": channel}).decode()
+        with self._lock:
+            if self._connection is None or self._connection.closed:
+                self._connection = psycopg.connect(self._conninfo, autocommit=True)
+            self._connection.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, payload))
+
+    def subscribe(self, *channels: str) -> Subscription:
+        return _PostgresSubscription(self._conninfo, set(channels))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+
+
+class _PostgresSubscription:
+    def __init__(self, conninfo: str, channels: set[str]) -> None:
+        import psycopg
+
+        self._channels = channels
+        self._connection = psycopg.connect(conninfo, autocommit=True)
+        self._connection.execute(f"LISTEN {PG_CHANNEL}")
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        for notify in self._connection.notifies(timeout=timeout, stop_after=1):
+            message: Message = orjson.loads(notify.payload)
+            if message.get("channel") in self._channels:
+                return message
+        return None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def create_pubsub(settings: Settings) -> PubSub:
+    """Redis when configured, else PostgreSQL NOTIFY on PostgreSQL, else in-process."""
+    if settings.redis_url:
+        return RedisPubSub(settings.redis_url)
+    if not settings.is_sqlite:
+        url = settings.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        return PostgresPubSub(url)
+    return InProcessPubSub()

@@ -1,0 +1,167 @@
+"""The payment worker and the sweeper: at-least-once delivery, exactly-once effects."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from opsline.db import utcnow
+from opsline.orders.jobs import capture_payment, sweep_stuck_orders
+from opsline.orders.models import Order, PaymentAttempt
+from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.models import EventRecord
+from opsline.platform.runtime import Runtime
+from tests.orders.conftest import Shop
+
+
+def _ctx(runtime: Runtime, tenant_id: uuid.UUID | None, name: str = "test") -> JobContext:
+    return JobContext(
+        job_id=0,
+        name=name,
+        queue="high",
+        tenant_id=tenant_id,
+        attempt=1,
+        max_attempts=8,
+        batch_id=None,
+        db=runtime.db,
+        settings=runtime.settings,
+    )
+
+
+def _order(runtime: Runtime, order_id: str) -> Order:
+    with runtime.db.read() as session:
+        order = session.get(Order, uuid.UUID(order_id))
+    assert order is not None
+    return order
+
+
+def _events(runtime: Runtime, event_type: str) -> int:
+    with runtime.db.read() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(EventRecord).where(EventRecord.type == event_type)
+            )
+            or 0
+        )
+
+
+def test_payment_moves_the_order_to_paid_once(shop: Shop, runtime: Runtime) -> None:
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 1)]).json()
+    ctx = _ctx(runtime, shop.owner.tenant_id)
+    assert capture_payment(ctx, order_id=order["id"]) == "paid"
+    # A redelivered or duplicated job: no second charge, transition or event.
+    assert capture_payment(ctx, order_id=order["id"]) == "nothing to do"
+    settled = _order(runtime, order["id"])
+    assert settled.status == "PAID"
+    assert settled.payment_reference == f"order-{order['id']}-1"
+    assert _events(runtime, "orders.order_paid") == 1
+    with runtime.db.read() as session:
+        attempts = session.scalars(select(PaymentAttempt)).all()
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, "succeeded")]
+    assert shop.stock(product["id"]) == 2
+
+
+class TestDeclined:
+    @pytest.fixture
+    def settings_overrides(self, settings_overrides: dict[str, object]) -> dict[str, object]:
+        return {**settings_overrides, "payment_success_rate": 0.0}
+
+    def test_declined_payment_fails_the_order_and_releases_stock(
+        self, shop: Shop, runtime: Runtime
+    ) -> None:
+        product = shop.product(stock=3)
+        order = shop.order([(product["id"], 2)]).json()
+        assert shop.stock(product["id"]) == 1
+        ctx = _ctx(runtime, shop.owner.tenant_id)
+        assert capture_payment(ctx, order_id=order["id"]) == "failed"
+        assert capture_payment(ctx, order_id=order["id"]) == "nothing to do"
+        assert _order(runtime, order["id"]).status == "FAILED"
+        assert shop.stock(product["id"]) == 3
+        assert _events(runtime, "orders.order_failed") == 1
+
+
+def test_a_job_crashed_mid_charge_charges_again_under_the_same_reference(
+    shop: Shop, runtime: Runtime
+) -> None:
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 1)]).json()
+    # The first delivery moved the order to PROCESSING and died before finishing.
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(Order)
+            .where(Order.id == uuid.UUID(order["id"]))
+            .values(status="PROCESSING", payment_attempt=1, processing_started_at=utcnow())
+        )
+    ctx = _ctx(runtime, shop.owner.tenant_id)
+    assert capture_payment(ctx, order_id=order["id"]) == "paid"
+    assert _order(runtime, order["id"]).payment_reference == f"order-{order['id']}-1"
+
+
+def test_cancelled_order_is_never_charged(shop: Shop, runtime: Runtime) -> None:
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 1)]).json()
+    shop.client.post(f"/api/v1/orders/{order['id']}/cancel", headers=shop.member.headers)
+    assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=order["id"]) == (
+        "nothing to do"
+    )
+    with runtime.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(PaymentAttempt)) == 0
+
+
+def _stick(runtime: Runtime, order_id: str, attempt: int) -> None:
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(Order)
+            .where(Order.id == uuid.UUID(order_id))
+            .values(
+                status="PROCESSING",
+                payment_attempt=attempt,
+                processing_started_at=utcnow() - timedelta(hours=1),
+            )
+        )
+
+
+def test_sweeper_retries_a_stuck_order_then_fails_it(shop: Shop, runtime: Runtime) -> None:
+    product = shop.product(stock=5)
+    retried = shop.order([(product["id"], 1)]).json()
+    exhausted = shop.order([(product["id"], 2)]).json()
+    fresh = shop.order([(product["id"], 1)]).json()
+    _stick(runtime, retried["id"], attempt=1)
+    _stick(runtime, exhausted["id"], attempt=runtime.settings.order_payment_max_attempts)
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(Order)
+            .where(Order.id == uuid.UUID(fresh["id"]))
+            .values(status="PROCESSING", payment_attempt=1, processing_started_at=utcnow())
+        )
+    assert sweep_stuck_orders(_ctx(runtime, None)) == 2
+    assert _order(runtime, exhausted["id"]).status == "FAILED"
+    assert _order(runtime, retried["id"]).payment_attempt == 2
+    assert _order(runtime, fresh["id"]).status == "PROCESSING"  # not stuck yet
+    assert shop.stock(product["id"]) == 1 + 2  # 5 - 4 ordered + 2 released
+    # The retry charges under the new attempt's reference.
+    assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=retried["id"]) == "paid"
+    assert _order(runtime, retried["id"]).payment_reference == f"order-{retried['id']}-2"
+    # A second sweep finds nothing stuck.
+    assert sweep_stuck_orders(_ctx(runtime, None)) == 0
+
+
+def test_placing_an_order_enqueues_its_payment_in_the_same_transaction(
+    shop: Shop, runtime: Runtime
+) -> None:
+    from opsline.platform.engine.models import Job
+
+    product = shop.product(stock=1)
+    refused = shop.order([(product["id"], 2)])
+    assert refused.status_code == 409
+    placed = shop.order([(product["id"], 1)]).json()
+    with runtime.db.read() as session:
+        jobs: list[Any] = list(
+            session.scalars(select(Job).where(Job.name == "orders.capture_payment"))
+        )
+    assert [job.args["order_id"] for job in jobs] == [placed["id"]]

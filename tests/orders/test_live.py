@@ -1,0 +1,161 @@
+"""Live order status: SSE and WebSocket deliver after commit, privately, and resume."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.orders.conftest import Live
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {
+        "payment_latency_min_ms": 50,
+        "payment_latency_max_ms": 60,
+        "payment_success_rate": 1.0,
+        "embedded_workers": 2,
+        "embedded_scheduler": False,
+        "live_heartbeat_seconds": 0.2,
+    }
+
+
+@contextmanager
+def sse(
+    live: Live, headers: dict[str, str], **params: Any
+) -> Iterator[queue.Queue[dict[str, Any]]]:
+    """Read an SSE stream in a thread; yields a queue of parsed events."""
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    opened = threading.Event()
+
+    http = httpx.Client(base_url=live.base, timeout=None)
+
+    def read() -> None:
+        try:
+            with http.stream(
+                "GET", "/api/v1/orders/live/sse", headers=headers, params=params
+            ) as response:
+                events.put({"status": response.status_code})
+                opened.set()
+                event: dict[str, Any] = {}
+                for line in response.iter_lines():
+                    if stop.is_set():
+                        return
+                    if line.startswith("id: "):
+                        event["id"] = int(line[4:])
+                    elif line.startswith("data: "):
+                        event["data"] = json.loads(line[6:])
+                    elif line.startswith(":"):
+                        continue  # heartbeat: a chance to notice the stop flag
+                    elif line == "" and event:
+                        events.put(event)
+                        event = {}
+        except Exception as exc:
+            if not stop.is_set():
+                events.put({"error": repr(exc)})
+                opened.set()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    assert opened.wait(10)
+    assert events.get(timeout=5) == {"status": 200}
+    time.sleep(0.2)  # the subscription is live once the first bytes came
+    try:
+        yield events
+    finally:
+        stop.set()
+        http.close()
+        thread.join(timeout=5)
+
+
+def _statuses_until(
+    events: queue.Queue[dict[str, Any]], final: str, timeout: float = 20
+) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while final not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"saw only {seen}"
+        seen.append(events.get(timeout=remaining)["data"]["status"])
+    return seen
+
+
+def test_sse_delivers_my_order_to_paid_and_nothing_to_others(live: Live) -> None:
+    product = live.product("LIVE", stock=5)
+    with sse(live, live.member) as mine, sse(live, live.owner) as owners_own:
+        order = live.order([(product, 1)], key="live-1").json()
+        assert _statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+        time.sleep(0.3)
+        assert owners_own.empty()  # the owner follows only their own orders here
+    assert order["status"] == "PENDING"
+
+
+def test_sse_resumes_after_last_event_id(live: Live) -> None:
+    product = live.product("RESUME", stock=5)
+    with sse(live, live.member) as events:
+        live.order([(product, 1)], key="resume-1")
+        _statuses_until(events, "PAID")
+    # Offline meanwhile: a second order goes all the way to PAID.
+    with sse(live, live.member) as probe:
+        live.order([(product, 1)], key="resume-2")
+        last = [probe.get(timeout=20) for _ in range(3)]
+    first_seq = last[0]["id"] - 1
+    with sse(live, {**live.member, "Last-Event-ID": str(first_seq)}) as resumed:
+        replay = [resumed.get(timeout=10) for _ in range(3)]
+    assert [e["id"] for e in replay] == [e["id"] for e in last]
+    assert [e["data"]["status"] for e in replay] == ["PENDING", "PROCESSING", "PAID"]
+
+
+def test_someone_elses_channel_is_refused(live: Live) -> None:
+    owner_me = live.http.get("/api/v1/me", headers=live.owner).json()
+    refused = live.http.get(
+        "/api/v1/orders/live/sse",
+        params={"user_id": owner_me["user"]["id"]},
+        headers=live.member,
+    )
+    assert refused.status_code == 403
+    tenant_wide = live.http.get(
+        "/api/v1/orders/live/sse", params={"scope": "tenant"}, headers=live.member
+    )
+    assert tenant_wide.status_code == 403
+    anonymous = live.http.get("/api/v1/orders/live/sse")
+    assert anonymous.status_code == 401
+
+
+def test_websocket_delivers_status_changes(live: Live) -> None:
+    product = live.product("WS", stock=5)
+    token = live.member["Authorization"].removeprefix("Bearer ")
+    url = live.base.replace("http", "ws") + f"/api/v1/orders/live/ws?access_token={token}"
+    with connect(url) as socket:
+        time.sleep(0.2)
+        live.order([(product, 1)], key="ws-1")
+        seen: list[str] = []
+        while "PAID" not in seen:
+            message = json.loads(socket.recv(timeout=20))
+            if "status" in message:
+                seen.append(message["status"])
+    assert seen == ["PENDING", "PROCESSING", "PAID"]
+
+
+def test_websocket_refuses_bad_tokens_and_foreign_channels(live: Live) -> None:
+    base = live.base.replace("http", "ws") + "/api/v1/orders/live/ws"
+    with pytest.raises((InvalidStatus, Exception)):
+        with connect(f"{base}?access_token=not-a-token") as socket:
+            socket.recv(timeout=5)
+    token = live.member["Authorization"].removeprefix("Bearer ")
+    with pytest.raises((InvalidStatus, Exception)):
+        with connect(f"{base}?access_token={token}&scope=tenant") as socket:
+            socket.recv(timeout=5)

@@ -1,0 +1,94 @@
+"""Admin API over jobs, events and batches: tenant-scoped, jobs.admin only."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from opsline.platform.engine.enqueue import JobSpec, enqueue_many
+from opsline.platform.engine.events import publish
+from opsline.platform.engine.models import jobs_table
+from opsline.platform.runtime import Runtime
+from tests.helpers import add_member, assert_problem, signup
+from tests.platform.engine import sample_jobs
+from tests.platform.engine.sample_events import OrderApproved
+
+J = jobs_table.c
+
+
+def _kill(runtime: Runtime, job_id: int) -> None:
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(jobs_table).where(J.id == job_id).values(state="dead", attempt=J.max_attempts)
+        )
+
+
+def test_admin_lists_only_own_tenants_jobs(app_client: TestClient, runtime: Runtime) -> None:
+    a, b = signup(app_client, tenant="A"), signup(app_client, tenant="B")
+    enqueue_many(
+        runtime.db, [JobSpec("tests.echo", {"value": n}, tenant_id=a.tenant_id) for n in range(3)]
+    )
+    b_job = sample_jobs.echo.enqueue(runtime.db, tenant_id=b.tenant_id, value=9)
+    first = app_client.get("/api/v1/jobs?limit=2", headers=a.headers).json()
+    second = app_client.get(
+        f"/api/v1/jobs?limit=2&cursor={first['next_cursor']}", headers=a.headers
+    ).json()
+    ids = [job["id"] for job in first["items"] + second["items"]]
+    assert len(ids) == 3 and b_job not in ids and second["next_cursor"] is None
+    assert_problem(app_client.get(f"/api/v1/jobs/{b_job}", headers=a.headers), 404)
+    assert_problem(app_client.post(f"/api/v1/jobs/{b_job}/cancel", headers=a.headers), 404)
+
+
+def test_member_without_jobs_admin_gets_403(app_client: TestClient) -> None:
+    owner = signup(app_client)
+    member = add_member(app_client, owner, "member")
+    assert_problem(app_client.get("/api/v1/jobs", headers=member.headers), 403)
+
+
+def test_retry_cancel_and_flush_dead_jobs(app_client: TestClient, runtime: Runtime) -> None:
+    a = signup(app_client)
+    dead = sample_jobs.echo.enqueue(runtime.db, tenant_id=a.tenant_id, value=1)
+    pending = sample_jobs.echo.enqueue(runtime.db, tenant_id=a.tenant_id, value=2)
+    _kill(runtime, dead)
+    listed = app_client.get("/api/v1/jobs/dead", headers=a.headers).json()["items"]
+    assert [job["id"] for job in listed] == [dead]
+    retried = app_client.post(f"/api/v1/jobs/{dead}/retry", headers=a.headers).json()
+    assert (retried["state"], retried["max_attempts"]) == ("available", 21)
+    cancelled = app_client.post(f"/api/v1/jobs/{pending}/cancel", headers=a.headers).json()
+    assert cancelled["state"] == "cancelled"
+    assert_problem(app_client.post(f"/api/v1/jobs/{pending}/cancel", headers=a.headers), 409)
+    _kill(runtime, dead)
+    assert app_client.post("/api/v1/jobs/retry-dead", headers=a.headers).json() == {"count": 1}
+    _kill(runtime, dead)
+    assert app_client.delete("/api/v1/jobs/dead", headers=a.headers).json() == {"count": 1}
+    assert_problem(app_client.get(f"/api/v1/jobs/{dead}", headers=a.headers), 404)
+
+
+def test_job_detail_shows_each_failed_attempt(app_client: TestClient, runtime: Runtime) -> None:
+    from tests.platform.engine.helpers import job_row, running_worker, wait_until
+
+    a = signup(app_client)
+    job_id = sample_jobs.flaky.enqueue(runtime.db, tenant_id=a.tenant_id, fail_times=9, key="x")
+    with running_worker(runtime.db, runtime.settings):
+        wait_until(lambda: job_row(runtime.db, job_id).state == "dead")
+    detail = app_client.get(f"/api/v1/jobs/{job_id}", headers=a.headers).json()
+    assert [e["attempt"] for e in detail["errors"]] == [1, 2, 3]
+    assert detail["errors"][0]["error_type"] == "ValueError"
+
+
+def test_event_log_is_tenant_scoped_and_filterable(
+    app_client: TestClient, runtime: Runtime
+) -> None:
+    import uuid
+
+    a, b = signup(app_client, tenant="A"), signup(app_client, tenant="B")
+    with runtime.db.unit_of_work() as uow:
+        for tenant in (a.tenant_id, a.tenant_id, b.tenant_id):
+            publish(uow, OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=1))
+    events = app_client.get("/api/v1/events?type=tests.order_approved", headers=a.headers).json()[
+        "items"
+    ]
+    assert len(events) == 2
+    assert {e["tenant_id"] for e in events} == {str(a.tenant_id)}
+    none = app_client.get("/api/v1/events?type=other.type", headers=a.headers).json()
+    assert none["items"] == []

@@ -1,0 +1,102 @@
+"""The engine's commands: jobs, events, and a worker process stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from opsline.cli import app
+from opsline.db import Database
+from opsline.platform.engine.events import publish
+from opsline.platform.engine.models import jobs_table
+from opsline.platform.engine.processes import settings_env
+from opsline.settings import Settings
+from tests.platform.engine import sample_jobs
+from tests.platform.engine.helpers import job_row, wait_until
+from tests.platform.engine.sample_events import OrderApproved
+
+J = jobs_table.c
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def cli(engine_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for key, value in settings_env(engine_settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("COLUMNS", "200")
+    return CliRunner()
+
+
+def test_jobs_commands_show_retry_cancel_flush(cli: CliRunner, db: Database) -> None:
+    dead = sample_jobs.echo.enqueue(db, value=1, note="dead-one")
+    pending = sample_jobs.echo.enqueue(db, value=2)
+    with db.unit_of_work() as uow:
+        uow.session.execute(update(jobs_table).where(J.id == dead).values(state="dead"))
+    listed = cli.invoke(app, ["jobs", "failed"])
+    assert listed.exit_code == 0 and "tests.echo" in listed.output
+    shown = cli.invoke(app, ["jobs", "show", str(dead)])
+    assert shown.exit_code == 0 and "dead-one" in shown.output
+    assert cli.invoke(app, ["jobs", "retry", str(dead)]).exit_code == 0
+    assert job_row(db, dead).state == "available"
+    assert cli.invoke(app, ["jobs", "cancel", str(pending)]).exit_code == 0
+    assert job_row(db, pending).state == "cancelled"
+    with db.unit_of_work() as uow:
+        uow.session.execute(update(jobs_table).where(J.id == dead).values(state="dead"))
+    flushed = cli.invoke(app, ["jobs", "flush", "--dead"])
+    assert flushed.exit_code == 0 and "1 dead jobs deleted" in flushed.output
+    missing = cli.invoke(app, ["jobs", "show", str(dead)])
+    assert missing.exit_code == 1 and "no job" in missing.output
+
+
+def test_retry_needs_an_id_or_all(cli: CliRunner) -> None:
+    assert cli.invoke(app, ["jobs", "retry"]).exit_code == 2
+
+
+def test_events_list_and_replay(cli: CliRunner, db: Database) -> None:
+    with db.unit_of_work() as uow:
+        publish(uow, OrderApproved(tenant_id=uuid.uuid4(), order_id=uuid.uuid4(), amount_cents=5))
+    listed = cli.invoke(app, ["events", "list", "--since", "1h"])
+    assert listed.exit_code == 0 and "tests.order_approved" in listed.output
+    replayed = cli.invoke(
+        app, ["events", "replay", "--listener", "when_order_approved_record", "--since", "1h"]
+    )
+    assert replayed.exit_code == 0 and "1 events replayed" in replayed.output
+    unknown = cli.invoke(app, ["events", "replay", "--listener", "nope", "--since", "1h"])
+    assert unknown.exit_code == 1
+
+
+@pytest.mark.slow
+def test_worker_command_runs_jobs_and_stops_on_sigterm(
+    engine_settings: Settings, db: Database
+) -> None:
+    job_id = sample_jobs.echo.enqueue(db, value=1)
+    env = {**os.environ, **settings_env(engine_settings), "PYTHONPATH": str(ROOT)}
+    command = [
+        str(Path(sys.executable).parent / "opsline"),
+        "worker",
+        "--concurrency",
+        "2",
+        "--import",
+        "tests.platform.engine.sample_jobs",
+    ]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or job_row(db, job_id).state == "succeeded",
+            timeout=60,
+        )
+        assert job_row(db, job_id).state == "succeeded"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

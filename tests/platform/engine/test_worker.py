@@ -1,0 +1,148 @@
+"""Worker behaviour: fencing, rescue, cancellation, timeouts, limits, fairness."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from opsline.db import Database, utcnow
+from opsline.platform.engine._rescue import rescue_expired
+from opsline.platform.engine._store import Outcome, Store
+from opsline.platform.engine.enqueue import JobSpec, enqueue, enqueue_many
+from opsline.platform.engine.models import job_errors_table, jobs_table
+from opsline.settings import Settings
+from tests.platform.engine import sample_jobs
+from tests.platform.engine.helpers import all_final, job_row, running_worker, states, wait_until
+
+J = jobs_table.c
+
+
+def test_rescued_job_is_retried_and_late_ack_of_lost_worker_is_ignored(db: Database) -> None:
+    job_id = enqueue(db, "tests.noop")
+    lost, rescuer = Store(db, "lost", 30), Store(db, "rescuer", 30)
+    [first] = lost.cycle([], [("default", 1)], promote=False)[0]
+    assert rescue_expired(db, now=utcnow() + timedelta(seconds=31)) == 1
+    row = job_row(db, job_id)
+    assert (row.state, row.attempt, row.last_error.startswith("WorkerLost")) == (
+        "available",
+        1,
+        True,
+    )
+    [second] = rescuer.cycle([], [("default", 1)], promote=False)[0]
+    assert second.attempt == 2
+    # The lost worker wakes up and acks its stale attempt: fenced out.
+    applied = lost.cycle([Outcome(first, "succeeded")], [], promote=False)[1]
+    assert applied.outcomes == []
+    assert lost.heartbeat([first]) == (set(), set())
+    assert job_row(db, job_id).state == "running"
+    rescuer.cycle([Outcome(second, "succeeded")], [], promote=False)
+    assert (job_row(db, job_id).state, job_row(db, job_id).attempt) == ("succeeded", 2)
+
+
+def test_heartbeat_keeps_the_lease_alive(db: Database) -> None:
+    enqueue(db, "tests.noop")
+    store = Store(db, "w", 30)
+    [job] = store.cycle([], [("default", 1)], promote=False)[0]
+    before = job_row(db, job.id).lease_expires_at
+    assert store.heartbeat([job]) == ({job.id}, set())
+    assert job_row(db, job.id).lease_expires_at >= before
+    assert rescue_expired(db) == 0
+
+
+def test_rescue_on_last_attempt_marks_dead_with_reason(db: Database) -> None:
+    job_id = enqueue(db, "tests.wait_cancel")  # max_attempts=1
+    Store(db, "lost", 30).cycle([], [("default", 1)], promote=False)
+    rescue_expired(db, now=utcnow() + timedelta(seconds=31))
+    assert job_row(db, job_id).state == "dead"
+    with db.read() as session:
+        kinds = session.execute(select(job_errors_table.c.error_type)).scalars().all()
+    assert kinds == ["WorkerLost"]
+
+
+def test_cancelling_a_running_job_is_cooperative(db: Database, engine_settings: Settings) -> None:
+    fast = engine_settings.model_copy(update={"job_lease_seconds": 0.6})
+    job_id = enqueue(db, "tests.wait_cancel")
+    with running_worker(db, fast):
+        wait_until(lambda: job_row(db, job_id).state == "running")
+        with db.unit_of_work() as uow:
+            uow.session.execute(
+                update(jobs_table).where(J.id == job_id).values(cancel_requested=True)
+            )
+        wait_until(lambda: job_row(db, job_id).state == "cancelled")
+
+
+def test_job_past_its_timeout_fails_and_is_retried(db: Database, engine_settings: Settings) -> None:
+    job_id = enqueue(db, "tests.slow", {"key": "t"})
+    with running_worker(db, engine_settings):
+        wait_until(lambda: job_row(db, job_id).state == "succeeded")
+    assert sample_jobs.CALLS["t"] == [1, 2]
+    with db.read() as session:
+        kinds = session.execute(select(job_errors_table.c.error_type)).scalars().all()
+    assert kinds == ["JobTimeout"]
+
+
+def test_concurrency_key_limits_running_jobs(db: Database, engine_settings: Settings) -> None:
+    enqueue_many(db, [JobSpec("tests.keyed", {"room": "a", "n": n}) for n in range(6)])
+    with running_worker(db, engine_settings, concurrency=6):
+        wait_until(lambda: all_final(db))
+    trace = sample_jobs.CALLS["keyed_a"]
+    # With a limit of one, no job of the key starts before the previous one ended.
+    assert [kind for kind, _ in trace] == ["start", "end"] * 6
+    assert states(db) == {"succeeded": 6}
+
+
+def test_busy_high_queue_never_starves_low(db: Database, engine_settings: Settings) -> None:
+    enqueue_many(db, [JobSpec("tests.record_high", {"value": n}) for n in range(200)])
+    enqueue_many(db, [JobSpec("tests.record_queue", {"value": n}) for n in range(5)])
+    one = engine_settings.model_copy(update={"job_queue_weights": {"high": 6, "low": 1}})
+    with running_worker(db, one, queues=["high", "low"], concurrency=1):
+        wait_until(lambda: all_final(db))
+    order = sample_jobs.CALLS["order"]
+    last_low = max(i for i, (queue, _) in enumerate(order) if queue == "low")
+    # All five low jobs ran while more than half of the high queue was still waiting.
+    assert last_low < 100
+
+
+def test_tenants_alternate_inside_a_queue(db: Database) -> None:
+    big, small = uuid.uuid4(), uuid.uuid4()
+    enqueue_many(db, [JobSpec("tests.echo", {"value": n}, tenant_id=big) for n in range(100)])
+    enqueue_many(db, [JobSpec("tests.echo", {"value": n}, tenant_id=small) for n in range(3)])
+    store = Store(db, "w", 30)
+    claimed = store.cycle([], [("default", 8)], promote=False)[0]
+    # The small tenant's three jobs are among the first claimed, not after 100 others.
+    assert sum(job.tenant_id == small for job in claimed) == 3
+
+
+def test_many_threads_enqueueing_one_unique_key_make_one_job(db: Database) -> None:
+    order = uuid.uuid4()
+    ids: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def enqueue_same() -> None:
+        barrier.wait()
+        ids.append(sample_jobs.unique_job.enqueue(db, order_id=order))
+
+    threads = [threading.Thread(target=enqueue_same) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert states(db) == {"available": 1}
+
+
+def test_stop_gives_back_unstarted_jobs(db: Database, engine_settings: Settings) -> None:
+    enqueue(db, "tests.wait_cancel")
+    enqueue_many(db, [JobSpec("tests.wait_cancel") for _ in range(3)])
+    quick = engine_settings.model_copy(update={"job_shutdown_grace_seconds": 0.1})
+    with running_worker(db, quick, concurrency=1):
+        wait_until(lambda: states(db).get("running", 0) >= 1)
+    current = states(db)
+    assert current.get("running", 0) == 0
+    assert current["available"] == 4
+    with db.read() as session:
+        attempts = session.execute(select(J.attempt)).scalars().all()
+    assert set(attempts) == {0}

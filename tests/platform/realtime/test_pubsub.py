@@ -1,0 +1,45 @@
+"""The "something changed" pub/sub: in-process, Redis, PostgreSQL NOTIFY."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from opsline.platform.realtime import InProcessPubSub, PostgresPubSub, PubSub, RedisPubSub
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def pubsub(request: pytest.FixtureRequest) -> Iterator[PubSub]:
+    if request.param == "memory":
+        bus: PubSub = InProcessPubSub()
+    elif request.param == "redis":
+        bus = RedisPubSub(request.getfixturevalue("redis_url"))
+    else:
+        url = os.environ.get("OPSLINE_TEST_DATABASE_URL")
+        if not url:
+            pytest.skip("PostgreSQL suite skipped: OPSLINE_TEST_DATABASE_URL is not set")
+        bus = PostgresPubSub(url)
+    yield bus
+    bus.close()
+
+
+def test_subscriber_receives_messages_of_its_channel_only(pubsub: PubSub) -> None:
+    mine, other = f"tenant:{uuid.uuid4()}", f"tenant:{uuid.uuid4()}"
+    subscription = pubsub.subscribe(mine)
+    try:
+        subscription.get(timeout=0.2)  # let the subscription settle (Redis)
+        pubsub.publish(other, {"kind": "job", "id": 1})
+        pubsub.publish(mine, {"kind": "job", "id": 2})
+        received = subscription.get(timeout=5)
+    finally:
+        subscription.close()
+    assert received == {"kind": "job", "id": 2, "channel": mine}
