@@ -4,6 +4,7 @@ Alembic's env and the schema-equals-models test import this module. A new
 package with tables adds its ``models`` import here.
 """
 
+from opsline.bulk import models as bulk_models
 from opsline.db import Base
 from opsline.orders import models as orders_models
 from opsline.platform.auth import models as auth_models
@@ -15,6 +16,7 @@ metadata = Base.metadata
 
 __all__ = [
     "auth_models",
+    "bulk_models",
     "engine_models",
     "idempotency_models",
     "metadata",

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_KEY_FILE = "secret_key"
@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     order_processing_timeout_s: int = Field(default=120, ge=5, le=86_400)
     order_payment_max_attempts: int = Field(default=3, ge=1, le=20)
     idempotency_required: bool = True
+    orders_redis_lock: bool = False
     live_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
     demo_email: str = "owner@demo.opsline.dev"
@@ -72,9 +73,20 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(default=1.0, ge=0.01, le=60)
     job_shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
     job_sqlite_watch_seconds: float = Field(default=0.001, ge=0.0002, le=1)
+    job_retention_days: float = Field(default=7.0, ge=0, le=3650)
     job_queue_weights: dict[str, int] = Field(
         default_factory=lambda: {"high": 6, "default": 3, "notifications": 3, "low": 1}
     )
+
+    # Bulk actions (opsline.bulk).
+    bulk_undo_key: SecretStr | None = None
+    bulk_max_records: int = Field(default=1_000_000, ge=1)
+    bulk_max_concurrent_runs: int = Field(default=3, ge=1, le=1000)
+    bulk_rate_limit_user: str = "30/minute"
+    bulk_rate_limit_tenant: str = "120/minute"
+    bulk_confirm_threshold: int = Field(default=1000, ge=0)
+    bulk_confirmation_seconds: int = Field(default=300, ge=10, le=3600)
+    bulk_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     @field_validator("database_url")
     @classmethod
@@ -89,7 +101,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 
-    @field_validator("rate_limit_api", "rate_limit_auth", "rate_limit_failed_login")
+    @field_validator(
+        "rate_limit_api",
+        "rate_limit_auth",
+        "rate_limit_failed_login",
+        "bulk_rate_limit_user",
+        "bulk_rate_limit_tenant",
+    )
     @classmethod
     def _valid_rate(cls, value: str) -> str:
         from limits import parse_many
@@ -113,6 +131,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _lock_needs_redis(self) -> Settings:
+        if self.orders_redis_lock and not self.redis_url:
+            raise ValueError("orders_redis_lock needs OPSLINE_REDIS_URL")
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -159,5 +183,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            problems.append(f"OPSLINE_{field.upper()}: {error['msg']}")
+            where = f"OPSLINE_{field.upper()}: " if field else ""
+            problems.append(f"{where}{error['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

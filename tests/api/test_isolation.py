@@ -80,6 +80,22 @@ def _b_order(client: TestClient, b: Account, runtime: Runtime) -> tuple[str, str
     return str(placed.json()["id"]), sku
 
 
+def _b_bulk_run(client: TestClient, b: Account, runtime: Runtime) -> tuple[str, str]:
+    _, sku = _b_product(client, b, runtime)
+    body = {
+        "resource": "products",
+        "action": "export",
+        "where": [{"field": "sku", "op": "eq", "value": sku}],
+    }
+    token = client.post("/api/v1/bulk/preview", json=body, headers=b.headers).json()
+    started = client.post(
+        "/api/v1/bulk/runs",
+        json={**body, "confirmation_token": token["confirmation_token"]},
+        headers=b.headers,
+    )
+    return str(started.json()["id"]), sku
+
+
 _B_OBJECTS: dict[str, ObjectFactory] = {
     "product_id": _b_product,
     "order_id": _b_order,
@@ -88,6 +104,7 @@ _B_OBJECTS: dict[str, ObjectFactory] = {
     "invitation_id": _b_invitation,
     "job_id": _b_job,
     "batch_id": _b_batch,
+    "run_id": _b_bulk_run,
 }
 
 _PARAM = re.compile(r"{(\w+)}")
@@ -125,6 +142,8 @@ def _example(schema: dict[str, Any], spec: dict[str, Any], ids: dict[str, str]) 
         return next(iter(ids.values()), str(uuid.uuid4()))
     if fmt == "email":
         return unique_email("walker")
+    if fmt == "date-time":
+        return "2099-01-01T00:00:00+00:00"
     return "x" * max(12, schema.get("minLength", 1))
 
 

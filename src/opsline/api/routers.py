@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from opsline.bulk.api import router as bulk_router
 from opsline.orders.api import router as orders_router
 from opsline.orders.live_api import router as orders_live_router
 from opsline.platform.auth.api import router as auth_router
@@ -19,4 +20,5 @@ def api_routers() -> list[APIRouter]:
         engine_router,
         orders_router,
         orders_live_router,
+        bulk_router,
     ]

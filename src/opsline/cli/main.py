@@ -6,6 +6,7 @@ import typer
 
 from opsline import __version__
 from opsline.bootstrap import bootstrap
+from opsline.bulk import cli as bulk_cli
 from opsline.cli import platform as platform_cli
 from opsline.orders import cli as orders_cli
 from opsline.platform.clitools import use_runtime_factory
@@ -23,6 +24,7 @@ platform_cli.register(app)
 # engine commands
 engine_cli.register(app)
 orders_cli.register(app)
+bulk_cli.register(app)
 
 
 @app.command()

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 from opsline.db import UnitOfWork
-from opsline.orders.models import Order
 from opsline.platform.engine.changes import pubsub_for, send
 
 
@@ -23,7 +22,7 @@ def tenant_channel(tenant_id: uuid.UUID) -> str:
     return f"orders:{tenant_id}"
 
 
-def status_message(seq: int, order: Order, status: str) -> dict[str, Any]:
+def status_message(seq: int, order: Any, status: str) -> dict[str, Any]:
     return {
         "seq": seq,
         "order_id": str(order.id),
@@ -34,7 +33,7 @@ def status_message(seq: int, order: Order, status: str) -> dict[str, Any]:
     }
 
 
-def push_after_commit(uow: UnitOfWork, seq: int, order: Order, status: str) -> None:
+def push_after_commit(uow: UnitOfWork, seq: int, order: Any, status: str) -> None:
     pubsub = pubsub_for(uow.session.get_bind().engine)
     if pubsub is None:
         return

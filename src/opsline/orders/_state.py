@@ -11,12 +11,12 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, insert, select, update
 
 from opsline.db import UnitOfWork, utcnow
 from opsline.orders._live import push_after_commit
 from opsline.orders.errors import InvalidTransition, OrderNotFound
-from opsline.orders.models import Order, OrderStatusChange
+from opsline.orders.models import changes_table, orders_table
 
 
 class OrderStatus(enum.StrEnum):
@@ -42,20 +42,25 @@ def is_allowed(source: OrderStatus, target: OrderStatus) -> bool:
     return (source, target) in TRANSITIONS
 
 
-def record_status(uow: UnitOfWork, order: Order, status: OrderStatus) -> None:
-    """Append to the status log and push the change to live subscribers after commit."""
-    change = OrderStatusChange(
-        tenant_id=order.tenant_id,
-        user_id=order.user_id,
-        order_id=order.id,
-        status=status.value,
-        total=order.total,
-        currency=order.currency,
-        at=order.updated_at,
-    )
-    uow.session.add(change)
-    uow.session.flush()
-    push_after_commit(uow, change.seq, order, status.value)
+def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
+    """Append to the status log and push the change to live subscribers after commit.
+
+    ``order`` is anything with the order's columns as attributes (a row or a model).
+    """
+    seq = uow.session.execute(
+        insert(changes_table)
+        .values(
+            tenant_id=order.tenant_id,
+            user_id=order.user_id,
+            order_id=order.id,
+            status=status.value,
+            total=order.total,
+            currency=order.currency,
+            at=order.updated_at,
+        )
+        .returning(changes_table.c.seq)
+    ).scalar_one()
+    push_after_commit(uow, seq, order, status.value)
 
 
 def transition(
@@ -66,27 +71,24 @@ def transition(
     source: OrderStatus,
     target: OrderStatus,
     **values: Any,
-) -> Order | None:
+) -> Row[Any] | None:
     """Move an order from ``source`` to ``target``; None when it was not in ``source``.
 
     Also appends the change to the status log in the same transaction.
     """
     if not is_allowed(source, target):
         raise InvalidTransition(f"an order cannot go from {source} to {target}")
-    now = utcnow()
-    result = uow.session.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.tenant_id == tenant_id, Order.status == source.value)
-        .values(status=target.value, updated_at=now, **values)
-        .returning(Order)
-        # The caller may hold this order already: refresh it with the new row.
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    order = result.scalars().first()
-    if order is None:
+    cols = orders_table.c
+    row = uow.session.execute(
+        update(orders_table)
+        .where(cols.id == order_id, cols.tenant_id == tenant_id, cols.status == source.value)
+        .values(status=target.value, updated_at=utcnow(), **values)
+        .returning(*orders_table.c)
+    ).first()
+    if row is None:
         return None
-    record_status(uow, order, target)
-    return order
+    record_status(uow, row, target)
+    return row
 
 
 def require(
@@ -97,15 +99,16 @@ def require(
     source: OrderStatus,
     target: OrderStatus,
     **values: Any,
-) -> Order:
+) -> Row[Any]:
     """Like :func:`transition`, but a refused transition is a 409 naming the current state."""
-    order = transition(
+    row = transition(
         uow, tenant_id=tenant_id, order_id=order_id, source=source, target=target, **values
     )
-    if order is not None:
-        return order
+    if row is not None:
+        return row
+    cols = orders_table.c
     current = uow.session.scalar(
-        select(Order.status).where(Order.id == order_id, Order.tenant_id == tenant_id)
+        select(cols.status).where(cols.id == order_id, cols.tenant_id == tenant_id)
     )
     if current is None:
         raise OrderNotFound(f"order {order_id} not found")

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 
 from opsline.db import utcnow
 from opsline.orders.errors import InsufficientStock
-from opsline.orders.models import OrderLine, Product
+from opsline.orders.models import OrderLine, Product, products_table
+
+P = products_table.c
 
 
 def take(session: Session, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, int]) -> None:
@@ -28,14 +30,9 @@ def take(session: Session, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, 
     for product_id in sorted(quantities):
         quantity = quantities[product_id]
         result = session.execute(
-            update(Product)
-            .where(
-                Product.id == product_id,
-                Product.tenant_id == tenant_id,
-                Product.stock >= quantity,
-            )
-            .values(stock=Product.stock - quantity, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
+            update(products_table)
+            .where(P.id == product_id, P.tenant_id == tenant_id, P.stock >= quantity)
+            .values(stock=P.stock - quantity, updated_at=utcnow())
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise _shortage(session, tenant_id, quantities, product_id)
@@ -78,8 +75,7 @@ def give_back(session: Session, tenant_id: uuid.UUID, order_id: uuid.UUID) -> No
     ).all()
     for product_id, quantity in lines:
         session.execute(
-            update(Product)
-            .where(Product.id == product_id, Product.tenant_id == tenant_id)
-            .values(stock=Product.stock + quantity, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
+            update(products_table)
+            .where(P.id == product_id, P.tenant_id == tenant_id)
+            .values(stock=P.stock + quantity, updated_at=utcnow())
         )

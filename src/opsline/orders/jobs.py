@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
@@ -21,7 +22,7 @@ from opsline.orders import _stock
 from opsline.orders._state import OrderStatus, transition
 from opsline.orders.events import OrderFailed, OrderPaid
 from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
-from opsline.orders.models import Order, PaymentAttempt
+from opsline.orders.models import Order, PaymentAttempt, orders_table
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.registry import RetryPolicy, job
@@ -66,9 +67,10 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
 
 def _start_processing(
     ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID
-) -> tuple[Order, str] | None:
+) -> tuple[Any, str] | None:
+    """The order (as a row) and its current attempt's reference, or None if not payable."""
     with ctx.unit_of_work() as uow:
-        order = transition(
+        order: Any = transition(
             uow,
             tenant_id=tenant_id,
             order_id=order_id,
@@ -78,8 +80,10 @@ def _start_processing(
             payment_attempt=Order.payment_attempt + 1,
         )
         if order is None:
-            order = uow.session.scalars(
-                select(Order).where(Order.id == order_id, Order.tenant_id == tenant_id)
+            order = uow.session.execute(
+                select(orders_table).where(
+                    orders_table.c.id == order_id, orders_table.c.tenant_id == tenant_id
+                )
             ).first()
             if order is None or order.status != OrderStatus.PROCESSING.value:
                 return None  # cancelled, finished, or gone: nothing to charge
@@ -88,7 +92,7 @@ def _start_processing(
         return order, reference
 
 
-def _record_attempt(uow: UnitOfWork, order: Order, reference: str) -> None:
+def _record_attempt(uow: UnitOfWork, order: Any, reference: str) -> None:
     values = {
         "id": uuid.uuid4(),
         "tenant_id": order.tenant_id,

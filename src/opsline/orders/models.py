@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Table,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -118,3 +120,10 @@ class OrderStatusChange(Base):
     total: Mapped[Decimal] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Core tables for the hot paths (one statement each, no ORM unit of work).
+products_table = cast(Table, Product.__table__)
+orders_table = cast(Table, Order.__table__)
+lines_table = cast(Table, OrderLine.__table__)
+changes_table = cast(Table, OrderStatusChange.__table__)

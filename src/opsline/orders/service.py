@@ -11,9 +11,10 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,13 +29,21 @@ from opsline.orders.errors import (
     StockWouldGoNegative,
 )
 from opsline.orders.events import OrderCancelled, OrderCreated, StockAdjusted
-from opsline.orders.models import Order, OrderLine, Product
+from opsline.orders.models import (
+    Order,
+    OrderLine,
+    Product,
+    lines_table,
+    orders_table,
+    products_table,
+)
 from opsline.orders.permissions import ORDERS_CANCEL_ANY, ORDERS_READ_ALL
 from opsline.orders.schemas import OrderIn, OrderLineOut, OrderOut, ProductIn, ProductPatch
 from opsline.platform.context import Context
 from opsline.platform.engine.events import publish
 from opsline.platform.http.pagination import Page, keyset_page
 from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
+from opsline.platform.locks import RedisLocks
 
 CENT = Decimal("0.01")
 
@@ -160,79 +169,123 @@ def merged_quantities(data: OrderIn) -> dict[uuid.UUID, int]:
 
 
 def place_order(ctx: Context, data: OrderIn, *, idempotency_key: str | None) -> Outcome:
-    """Create an order idempotently; see opsline.platform.idempotency for the key rules."""
+    """Create an order idempotently; see opsline.platform.idempotency for the key rules.
+
+    With ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis locks are held around
+    the transaction (taken in sorted order); stock stays correct without them.
+    """
     request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
-    return run_idempotent(
-        ctx,
-        key=idempotency_key,
-        request_fingerprint=request,
-        status=201,
-        action=lambda uow: order_out(_create_order(uow, ctx, data)).model_dump(mode="json"),
-    )
+
+    def run() -> Outcome:
+        return run_idempotent(
+            ctx,
+            key=idempotency_key,
+            request_fingerprint=request,
+            status=201,
+            action=lambda uow: _create_order(uow, ctx, data),
+        )
+
+    locks = _locks(ctx)
+    if locks is None:
+        return run()
+    keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in merged_quantities(data)]
+    with locks.hold(keys):
+        return run()
 
 
-def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> tuple[Order, list[OrderLine]]:
+_LOCKS: dict[str, RedisLocks] = {}
+
+
+def _locks(ctx: Context) -> RedisLocks | None:
+    settings = ctx.settings
+    if not settings.orders_redis_lock or not settings.redis_url:
+        return None
+    locks = _LOCKS.get(settings.redis_url)
+    if locks is None:
+        locks = _LOCKS[settings.redis_url] = RedisLocks(settings.redis_url)
+    return locks
+
+
+def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any]:
+    """The order's rows, stock, status log, payment job and event; returns the response body.
+
+    Core statements only: this is the hottest write path of the system.
+    """
     from opsline.orders.jobs import capture_payment
 
     quantities = merged_quantities(data)
     products = _products_for(uow, ctx, quantities)
     _stock.take(uow.session, ctx.tenant_id, quantities)
     now = utcnow()
-    order = Order(
-        id=new_id(),
-        tenant_id=ctx.tenant_id,
-        created_by=ctx.principal.subject,
-        user_id=ctx.principal.user_id,
-        status=OrderStatus.PENDING.value,
-        total=Decimal(0),
-        currency=next(iter(products.values())).currency,
-        created_at=now,
-        updated_at=now,
-    )
+    order_id = new_id()
     lines = [
-        OrderLine(
-            tenant_id=ctx.tenant_id,
-            order_id=order.id,
-            product_id=product.id,
-            sku=product.sku,
-            name=product.name,
-            unit_price=product.price,
-            quantity=quantities[product.id],
-            line_total=(product.price * quantities[product.id]).quantize(CENT, ROUND_HALF_UP),
-        )
+        {
+            "id": new_id(),
+            "tenant_id": ctx.tenant_id,
+            "order_id": order_id,
+            "product_id": product.id,
+            "sku": product.sku,
+            "name": product.name,
+            "unit_price": product.price,
+            "quantity": quantities[product.id],
+            "line_total": (product.price * quantities[product.id]).quantize(CENT, ROUND_HALF_UP),
+        }
         for product in sorted(products.values(), key=lambda p: p.id)
     ]
-    order.total = sum((line.line_total for line in lines), Decimal(0))
-    uow.session.add(order)
-    uow.session.flush()
-    uow.session.add_all(lines)
-    record_status(uow, order, OrderStatus.PENDING)
-    capture_payment.enqueue(uow, tenant_id=ctx.tenant_id, order_id=order.id)
+    order = {
+        "id": order_id,
+        "tenant_id": ctx.tenant_id,
+        "created_by": ctx.principal.subject,
+        "user_id": ctx.principal.user_id,
+        "status": OrderStatus.PENDING.value,
+        "total": sum((line["line_total"] for line in lines), Decimal(0)),
+        "currency": next(iter(products.values())).currency,
+        "payment_attempt": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    uow.session.execute(insert(orders_table).values(**order))
+    uow.session.execute(insert(lines_table), lines)
+    record_status(uow, SimpleNamespace(**order), OrderStatus.PENDING)
+    capture_payment.enqueue(uow, tenant_id=ctx.tenant_id, order_id=order_id)
     publish(
         uow,
         OrderCreated(
             tenant_id=ctx.tenant_id,
-            order_id=order.id,
-            user_id=order.user_id,
-            total=order.total,
-            currency=order.currency,
-            lines=[
-                {"product_id": str(line.product_id), "quantity": line.quantity} for line in lines
-            ],
+            order_id=order_id,
+            user_id=ctx.principal.user_id,
+            total=order["total"],
+            currency=order["currency"],
+            lines=[{"product_id": str(x["product_id"]), "quantity": x["quantity"]} for x in lines],
         ),
     )
-    return order, lines
+    return _order_body(order, lines)
+
+
+def _order_body(order: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
+    out = OrderOut.model_validate(
+        {
+            **order,
+            "payment_reference": None,
+            "failure_reason": None,
+            "paid_at": None,
+            "cancelled_at": None,
+            "lines": lines,
+        }
+    )
+    return out.model_dump(mode="json")
 
 
 def _products_for(
     uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
-) -> dict[uuid.UUID, Product]:
-    found = uow.session.scalars(
-        select(Product).where(
-            Product.tenant_id == ctx.tenant_id,
-            Product.id.in_(list(quantities)),
-            Product.deleted_at.is_(None),
-            Product.archived_at.is_(None),
+) -> dict[uuid.UUID, Any]:
+    P = products_table.c
+    found = uow.session.execute(
+        select(P.id, P.sku, P.name, P.price, P.currency).where(
+            P.tenant_id == ctx.tenant_id,
+            P.id.in_(list(quantities)),
+            P.deleted_at.is_(None),
+            P.archived_at.is_(None),
         )
     ).all()
     products = {p.id: p for p in found}

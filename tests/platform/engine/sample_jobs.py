@@ -103,3 +103,8 @@ def insert_row(ctx: JobContext, *, key: int) -> None:
 @job("tests.tick", queue="low")
 def tick(ctx: JobContext) -> None:
     record("tick", ctx.job_id)
+
+
+@job("tests.rated", rate_limit="2/minute", rate_key=["account"])
+def rated(ctx: JobContext, *, account: str) -> None:
+    record(f"rated_{account}", ctx.attempt)

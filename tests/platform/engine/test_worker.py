@@ -146,3 +146,16 @@ def test_stop_gives_back_unstarted_jobs(db: Database, engine_settings: Settings)
     with db.read() as session:
         attempts = session.execute(select(J.attempt)).scalars().all()
     assert set(attempts) == {0}
+
+
+def test_rate_limited_jobs_wait_for_the_window_without_using_attempts(
+    db: Database, engine_settings: Settings
+) -> None:
+    enqueue_many(db, [JobSpec("tests.rated", {"account": "a"}) for _ in range(4)])
+    enqueue_many(db, [JobSpec("tests.rated", {"account": "b"})])
+    with running_worker(db, engine_settings, concurrency=2):
+        wait_until(lambda: states(db).get("succeeded", 0) == 3 and states(db).get("scheduled") == 2)
+    assert len(sample_jobs.CALLS["rated_a"]) == 2 and len(sample_jobs.CALLS["rated_b"]) == 1
+    with db.read() as session:
+        waiting = session.execute(select(J.attempt).where(J.state == "scheduled")).scalars().all()
+    assert waiting == [0, 0]

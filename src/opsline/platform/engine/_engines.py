@@ -53,7 +53,8 @@ def _dispose(db: Database) -> None:
 def _create_sqlite_engine(db: Database) -> Engine:
     engine = create_engine(
         db.url,
-        connect_args={"check_same_thread": False, "timeout": 0},
+        # The connect-time PRAGMAs may wait for a lock; BEGIN IMMEDIATE never does.
+        connect_args={"check_same_thread": False, "timeout": 30},
         pool_size=4,
         max_overflow=8,
     )

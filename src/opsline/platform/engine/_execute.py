@@ -20,21 +20,28 @@ from opsline.db import utcnow
 from opsline.platform.engine._store import ClaimedJob, Failure, Outcome
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.errors import JobCancelled, Retry
-from opsline.platform.engine.registry import RetryPolicy, find_job
+from opsline.platform.engine.registry import JobDef, RetryPolicy, find_job
+from opsline.platform.ratelimit import RateLimiter
 
 log = structlog.get_logger("opsline.engine")
 _debug = logging.getLogger("opsline.engine")
 
 
-def execute(job: ClaimedJob, ctx: JobContext) -> Outcome:
+def execute(job: ClaimedJob, ctx: JobContext, limiter: RateLimiter | None = None) -> Outcome:
     started = time.perf_counter()
     definition = find_job(job.name)
+    if definition is not None and definition.rate_limit and limiter is not None:
+        deferred = _over_rate_limit(job, definition, limiter)
+        if deferred is not None:
+            return deferred
     try:
         if definition is None:
             raise LookupError(f"no job is registered as {job.name!r} in this worker")
         if _debug.isEnabledFor(logging.DEBUG):
             log.debug("job_started", **_fields(job))
         definition.run(ctx, job.args)
+        if _debug.isEnabledFor(logging.DEBUG):
+            log.debug("job_succeeded", **_fields(job))
     except JobCancelled:
         log.info("job_cancelled", **_fields(job))
         return Outcome(job, "cancelled", seconds=time.perf_counter() - started)
@@ -46,6 +53,18 @@ def execute(job: ClaimedJob, ctx: JobContext) -> Outcome:
         failure = failure_for(job, exc, policy=policy)
         return Outcome(job, "failed", failure, time.perf_counter() - started)
     return Outcome(job, "succeeded", seconds=time.perf_counter() - started)
+
+
+def _over_rate_limit(job: ClaimedJob, definition: JobDef, limiter: RateLimiter) -> Outcome | None:
+    """Consume one unit of the job's rate limit; over it, defer to the window's reset."""
+    assert definition.rate_limit is not None
+    key = definition.rate_key(job.args) if definition.rate_key else None
+    state = limiter.hit(definition.rate_limit, "job", definition.name, str(key or "-"))
+    if state.allowed:
+        return None
+    log.info("job_rate_limited", retry_in=state.reset_after, **_fields(job))
+    until = utcnow() + timedelta(seconds=max(1, state.reset_after))
+    return Outcome(job, "deferred", defer_until=until)
 
 
 def failure_for(

@@ -13,15 +13,19 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+import structlog
+from sqlalchemy import Connection, insert, select, update
 
 from opsline.db import Database, utcnow
 from opsline.platform.engine._engines import hot_engine
 from opsline.platform.engine.batches import BatchCounts, record_finished
+from opsline.platform.engine.metrics import JOBS_RESCUED
 from opsline.platform.engine.models import job_errors_table, jobs_table, state_is
 
 J = jobs_table.c
+log = structlog.get_logger("opsline.engine")
 
 
 def rescue_expired(db: Database, *, now: datetime | None = None, limit: int = 500) -> int:
@@ -39,41 +43,51 @@ def rescue_expired(db: Database, *, now: datetime | None = None, limit: int = 50
         ).all()
         for row in rows:
             is_dead = row.attempt >= row.max_attempts
-            message = f"worker {row.lease_owner} stopped renewing its lease"
-            result = conn.execute(
-                update(jobs_table)
-                .where(
-                    J.id == row.id,
-                    J.attempt == row.attempt,
-                    state_is(J.state, "running"),
-                    J.lease_expires_at < now,
-                )
-                .values(
-                    state="dead" if is_dead else "available",
-                    vtime=0,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    finished_at=now if is_dead else None,
-                    last_error=f"WorkerLost: {message}",
-                )
-            )
-            if result.rowcount != 1:
+            if not _rescue_one(conn, row, is_dead, now):
                 continue
             rescued += 1
-            conn.execute(
-                insert(job_errors_table),
-                {
-                    "job_id": row.id,
-                    "tenant_id": row.tenant_id,
-                    "attempt": row.attempt,
-                    "error_type": "WorkerLost",
-                    "message": message,
-                    "traceback": "",
-                    "worker": row.lease_owner,
-                    "failed_at": now,
-                },
-            )
             if is_dead and row.batch_id is not None:
                 dead[row.batch_id] += 1
         record_finished(conn, {b: BatchCounts(failed=n) for b, n in dead.items()}, now)
+    if rescued:
+        JOBS_RESCUED.inc(rescued)
+        log.warning("jobs_rescued", count=rescued)
     return rescued
+
+
+def _rescue_one(conn: Connection, row: Any, is_dead: bool, now: datetime) -> bool:
+    """Fenced: only if still running on that attempt with the lease still expired."""
+    message = f"worker {row.lease_owner} stopped renewing its lease"
+    result = conn.execute(
+        update(jobs_table)
+        .where(
+            J.id == row.id,
+            J.attempt == row.attempt,
+            state_is(J.state, "running"),
+            J.lease_expires_at < now,
+        )
+        .values(
+            state="dead" if is_dead else "available",
+            vtime=0,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now if is_dead else None,
+            last_error=f"WorkerLost: {message}",
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(
+        insert(job_errors_table),
+        {
+            "job_id": row.id,
+            "tenant_id": row.tenant_id,
+            "attempt": row.attempt,
+            "error_type": "WorkerLost",
+            "message": message,
+            "traceback": "",
+            "worker": row.lease_owner,
+            "failed_at": now,
+        },
+    )
+    return True

@@ -108,9 +108,10 @@ _UNIQUE = (
     " ('scheduled', 'available', 'running', 'retryable') DO NOTHING"
 )
 _START_VTIME = (
-    "SELECT coalesce((SELECT max(vtime) + 1 FROM jobs WHERE state = 'available'"
-    " AND queue = ? AND tenant_id IS ?), (SELECT vtime FROM jobs"
-    " WHERE state = 'available' AND queue = ? ORDER BY priority, vtime, id LIMIT 1), 0)"
+    "SELECT coalesce((SELECT vtime + 1 FROM jobs WHERE state = 'available'"
+    " AND queue = ? AND tenant_id IS ? ORDER BY queue DESC, tenant_id DESC, vtime DESC"
+    " LIMIT 1), (SELECT vtime FROM jobs WHERE state = 'available' AND queue = ?"
+    " ORDER BY queue, priority, vtime, id LIMIT 1), 0)"
 )
 _EXISTING = (
     "SELECT id FROM jobs WHERE unique_key = ?"

@@ -23,17 +23,14 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
-    bindparam,
     func,
     insert,
-    or_,
     select,
     text,
-    tuple_,
-    update,
 )
 
 from opsline.db import Database, utcnow
+from opsline.platform.engine import _sql as sql
 from opsline.platform.engine import _sqlite_hot
 from opsline.platform.engine._engines import hot_engine
 from opsline.platform.engine.batches import BatchCounts, record_finished
@@ -41,7 +38,7 @@ from opsline.platform.engine.models import job_errors_table, jobs_table, state_i
 
 J = jobs_table.c
 TS = J.run_at.type
-Status = Literal["succeeded", "failed", "cancelled"]
+Status = Literal["succeeded", "failed", "cancelled", "deferred"]
 
 
 @dataclass(slots=True)
@@ -73,6 +70,7 @@ class Outcome:
     status: Status
     failure: Failure | None = None
     seconds: float = 0.0
+    defer_until: datetime | None = None  # "deferred": rate-limited, not an attempt
 
 
 @dataclass(slots=True)
@@ -81,113 +79,6 @@ class Applied:
 
     outcomes: list[Outcome] = field(default_factory=list)
     finished_batches: list[uuid.UUID] = field(default_factory=list)
-
-
-def _claim_statement() -> Any:
-    running = jobs_table.alias("r")
-    running_for_key = (
-        select(func.count())
-        .where(
-            state_is(running.c.state, "running"),
-            running.c.concurrency_key.is_not(None),
-            running.c.concurrency_key == J.concurrency_key,
-        )
-        .scalar_subquery()
-    )
-    candidates = (
-        select(J.id)
-        .where(
-            state_is(J.state, "available"),
-            J.queue == bindparam("b_queue"),
-            or_(J.concurrency_key.is_(None), running_for_key < J.concurrency_limit),
-        )
-        .order_by(J.priority, J.vtime, J.id)
-        .limit(bindparam("n"))
-        .with_for_update(skip_locked=True)
-        .cte("candidates")
-    )
-    return (
-        update(jobs_table)
-        .where(J.id == candidates.c.id)
-        .values(
-            state="running",
-            attempt=J.attempt + 1,
-            attempted_at=bindparam("now", type_=TS),
-            lease_owner=bindparam("worker"),
-            lease_expires_at=bindparam("expires", type_=TS),
-        )
-        .returning(
-            J.id,
-            J.name,
-            J.queue,
-            J.tenant_id,
-            J.args,
-            J.attempt,
-            J.max_attempts,
-            J.batch_id,
-            J.concurrency_key,
-            J.priority,
-            J.vtime,
-        )
-    )
-
-
-_CLAIM = _claim_statement()
-_FENCE = (J.lease_owner == bindparam("worker"), state_is(J.state, "running"))
-
-
-# "id IN (...)" lets SQLite probe the primary key; the row values then fence the attempt.
-_PAIRS = (
-    J.id.in_(bindparam("ids", expanding=True)),
-    tuple_(J.id, J.attempt).in_(bindparam("pairs", expanding=True)),
-)
-
-
-def _finish(state: str) -> Any:
-    return (
-        update(jobs_table)
-        .where(*_FENCE, *_PAIRS)
-        .values(
-            state=state,
-            finished_at=bindparam("now", type_=TS),
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        .returning(J.id)
-    )
-
-
-_SUCCEED = _finish("succeeded")
-_CANCEL = _finish("cancelled")
-_FAIL = (
-    update(jobs_table)
-    .where(*_FENCE, J.id == bindparam("job_id"), J.attempt == bindparam("job_attempt"))
-    .values(
-        state=bindparam("new_state"),
-        run_at=bindparam("retry_at", type_=TS),
-        finished_at=bindparam("finished", type_=TS),
-        last_error=bindparam("message"),
-        lease_owner=None,
-        lease_expires_at=None,
-    )
-)
-_HEARTBEAT = (
-    update(jobs_table)
-    .where(*_FENCE, *_PAIRS)
-    .values(lease_expires_at=bindparam("expires", type_=TS))
-    .returning(J.id, J.cancel_requested)
-)
-_RELEASE = (
-    update(jobs_table)
-    .where(*_FENCE, *_PAIRS)
-    .values(state="available", attempt=J.attempt - 1, lease_owner=None, lease_expires_at=None)
-)
-_PROMOTE = text(
-    "UPDATE jobs SET state = 'available', vtime = coalesce((SELECT h.vtime FROM jobs h"
-    " WHERE h.state = 'available' AND h.queue = jobs.queue"
-    " ORDER BY h.priority, h.vtime, h.id LIMIT 1), 0)"
-    " WHERE state IN ('scheduled', 'retryable') AND run_at <= :now"
-).bindparams(bindparam("now", type_=TS))
 
 
 class Store:
@@ -213,7 +104,7 @@ class Store:
         with self.engine.begin() as conn:
             applied = self._apply(conn, outcomes, now) if outcomes else Applied()
             if promote:
-                conn.execute(_PROMOTE, {"now": now})
+                conn.execute(sql.PROMOTE, {"now": now})
             claimed = self._claim_plan(conn, plan, now) if plan else []
         return claimed, applied
 
@@ -241,17 +132,18 @@ class Store:
     def _claim(self, conn: Connection, queue: str, n: int, now: datetime) -> list[ClaimedJob]:
         if n <= 0:
             return []
+        expires = now + self.lease
         params = {
             "b_queue": queue,
             "n": n,
             "now": now,
             "worker": self.worker_id,
-            "expires": now + self.lease,
+            "expires": expires,
         }
         if self.is_sqlite:
-            jobs = _sqlite_hot.claim(_raw(conn), queue, n, now, self.worker_id, params["expires"])
+            jobs = _sqlite_hot.claim(_raw(conn), queue, n, now, self.worker_id, expires)
         else:
-            jobs = [ClaimedJob(*row) for row in conn.execute(_CLAIM, params)]
+            jobs = [ClaimedJob(*row) for row in conn.execute(sql.CLAIM, params)]
         if any(job.concurrency_key for job in jobs):
             jobs = self._enforce_limits(conn, jobs)
         jobs.sort(key=lambda job: (job.priority, job.vtime, job.id))
@@ -289,13 +181,22 @@ class Store:
         by_status: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_status[outcome.status].append(outcome)
-        for status, stmt in (("succeeded", _SUCCEED), ("cancelled", _CANCEL)):
+        for status, stmt in (("succeeded", sql.SUCCEED), ("cancelled", sql.CANCEL)):
             group = by_status.get(status)
             if group:
                 done = self._finish(conn, stmt, status, group, now)
                 applied.outcomes += [o for o in group if o.job.id in done]
         for outcome in by_status.get("failed", ()):
             if self._fail(conn, outcome, now):
+                applied.outcomes.append(outcome)
+        for outcome in by_status.get("deferred", ()):
+            params = {
+                "worker": self.worker_id,
+                "job_id": outcome.job.id,
+                "job_attempt": outcome.job.attempt,
+                "run_at": outcome.defer_until,
+            }
+            if conn.execute(sql.DEFER, params).rowcount == 1:
                 applied.outcomes.append(outcome)
         applied.finished_batches = record_finished(conn, _batch_counts(applied.outcomes), now)
         return applied
@@ -315,7 +216,7 @@ class Store:
         job = outcome.job
         dead = failure.retry_at is None
         result = conn.execute(
-            _FAIL,
+            sql.FAIL,
             {
                 "worker": self.worker_id,
                 "job_id": job.id,
@@ -354,7 +255,7 @@ class Store:
             "expires": now + self.lease,
         }
         with self.engine.begin() as conn:
-            rows = conn.execute(_HEARTBEAT, params).all()
+            rows = conn.execute(sql.HEARTBEAT, params).all()
         return {row[0] for row in rows}, {row[0] for row in rows if row[1]}
 
     def release(self, jobs: Sequence[ClaimedJob]) -> None:
@@ -364,7 +265,7 @@ class Store:
                 self._release(conn, jobs)
 
     def _release(self, conn: Connection, jobs: Sequence[ClaimedJob]) -> None:
-        conn.execute(_RELEASE, {**_pairs(jobs), "worker": self.worker_id})
+        conn.execute(sql.RELEASE, {**_pairs(jobs), "worker": self.worker_id})
 
 
 def _raw(conn: Connection) -> Any:

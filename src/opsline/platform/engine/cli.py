@@ -58,6 +58,12 @@ def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = ",".join(QUEUES),
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Threads per process.")] = 8,
     processes: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=4096, help="Jobs claimed ahead of free threads (default: 3 x concurrency)."
+        ),
+    ] = None,
     imports: Annotated[
         list[str] | None, typer.Option("--import", help="Extra module declaring jobs.")
     ] = None,
@@ -75,10 +81,21 @@ def worker(
     if unknown := [q for q in names if q not in QUEUES]:
         raise fail(f"unknown queues {unknown}; choose among {list(QUEUES)}", 2)
     if processes == 1:
-        run_worker(settings, queues=names, concurrency=concurrency, imports=imports or ())
+        run_worker(
+            settings,
+            queues=names,
+            concurrency=concurrency,
+            imports=imports or (),
+            prefetch=prefetch,
+        )
         return
     group = spawn_workers(
-        settings, processes=processes, queues=names, concurrency=concurrency, imports=imports or ()
+        settings,
+        processes=processes,
+        queues=names,
+        concurrency=concurrency,
+        imports=imports or (),
+        prefetch=prefetch,
     )
     _wait_for_signal()
     group.stop(timeout=settings.job_shutdown_grace_seconds + 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from opsline.platform.engine.changes import bind_pubsub
+from opsline.platform.engine.metrics import register_queue_collector
 from opsline.platform.engine.scheduler import Scheduler
 from opsline.platform.engine.worker import Worker
 from opsline.platform.realtime import create_pubsub
@@ -10,9 +11,11 @@ from opsline.platform.runtime import Runtime
 
 
 def attach_engine(runtime: Runtime) -> None:
-    """Give the runtime its pub/sub and bind it for the engine's announcements."""
+    """Give the runtime its pub/sub (bound for the engine's announcements) and
+    report its queues' depth on ``/metrics``."""
     runtime.pubsub = create_pubsub(runtime.settings)
     bind_pubsub(runtime.db, runtime.pubsub)
+    register_queue_collector(runtime.db)
 
 
 def add_embedded_engine(runtime: Runtime) -> None:

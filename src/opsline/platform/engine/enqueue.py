@@ -84,17 +84,18 @@ def _enqueue_direct(db: Database, rows: list[dict[str, Any]]) -> list[int]:
     """Own short transaction on the engine's hot connections (no ORM session)."""
     engine = hot_engine(db)
     if db.is_sqlite:
-        raw = engine.raw_connection()
+        proxy = engine.raw_connection()
+        raw: Any = proxy.dbapi_connection
         try:
-            begin_immediate(raw.dbapi_connection)
+            begin_immediate(raw)
             try:
-                ids = _sqlite_hot.insert_rows(raw.dbapi_connection, rows)
-                raw.dbapi_connection.execute("COMMIT")
+                ids = _sqlite_hot.insert_rows(raw, rows)
+                raw.execute("COMMIT")
             except BaseException:
-                raw.dbapi_connection.execute("ROLLBACK")
+                raw.execute("ROLLBACK")
                 raise
         finally:
-            raw.close()
+            proxy.close()
     else:
         with engine.begin() as conn:
             ids = insert_rows(conn, rows)  # the jobs_notify trigger notifies workers
@@ -174,25 +175,32 @@ def _assign_vtimes(executor: Executor, rows: Sequence[dict[str, Any]]) -> None:
         tails[scope] += 1
 
 
+# Ordered by every column of ix_jobs_fair so that the planner walks that index
+# backwards even before statistics exist (a fresh table), instead of scanning.
+_TAIL_ORDER = (J.queue.desc(), J.tenant_id.desc(), J.vtime.desc())
 _TAIL = (
-    select(func.max(J.vtime) + 1)
+    select(J.vtime + 1)
     .where(
         state_is(J.state, "available"),
         J.queue == bindparam("q"),
         J.tenant_id == bindparam("t", type_=Uuid()),
     )
+    .order_by(*_TAIL_ORDER)
+    .limit(1)
     .scalar_subquery()
 )
 _TAIL_SYSTEM = (
-    select(func.max(J.vtime) + 1)
+    select(J.vtime + 1)
     .where(state_is(J.state, "available"), J.queue == bindparam("q"), J.tenant_id.is_(None))
+    .order_by(*_TAIL_ORDER)
+    .limit(1)
     .scalar_subquery()
 )
 # The head of the queue: the next job in claim order (an index seek, not a scan).
 _HEAD = (
     select(J.vtime)
     .where(state_is(J.state, "available"), J.queue == bindparam("q"))
-    .order_by(J.priority, J.vtime, J.id)
+    .order_by(J.queue, J.priority, J.vtime, J.id)
     .limit(1)
 )
 _START = select(func.coalesce(_TAIL, _HEAD.scalar_subquery(), 0))

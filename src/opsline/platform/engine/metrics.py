@@ -8,8 +8,11 @@ by whoever owns a :class:`Database`, e.g. the API app or a worker).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
+import structlog
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -17,6 +20,8 @@ from sqlalchemy import func, select, type_coerce
 
 from opsline.db import Database, utcnow
 from opsline.platform.engine.models import jobs_table, state_is
+
+log = structlog.get_logger(__name__)
 
 JOBS_ENQUEUED = Counter("opsline_jobs_enqueued_total", "Jobs enqueued", ["queue"])
 JOBS_SUCCEEDED = Counter("opsline_jobs_succeeded_total", "Jobs that succeeded", ["queue"])
@@ -35,34 +40,46 @@ class QueueCollector(Collector):
     """Queue depth and oldest-available age, read with one grouped query per scrape."""
 
     def __init__(self) -> None:
-        self.db: Database | None = None
+        self._db: weakref.ref[Database] | None = None
+
+    def watch(self, db: Database) -> None:
+        self._db = weakref.ref(db)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.db is None:
+        db = self._db() if self._db is not None else None
+        if db is None:
             return
         depth = GaugeMetricFamily("opsline_queue_depth", "Available jobs", labels=["queue"])
         age = GaugeMetricFamily(
             "opsline_queue_oldest_age_seconds", "Age of the oldest available job", labels=["queue"]
         )
-        stmt = (
-            select(
-                jobs_table.c.queue,
-                func.count(),
-                type_coerce(func.min(jobs_table.c.run_at), jobs_table.c.run_at.type),
-            )
-            .where(state_is(jobs_table.c.state, "available"))
-            .group_by(jobs_table.c.queue)
-        )
+        try:
+            rows = _queue_rows(db)
+        except Exception:
+            # A scrape must not fail because the database is briefly unreachable.
+            log.warning("queue_metrics_unavailable", exc_info=True)
+            return
         now = utcnow()
-        db = self.db
-        with db.read() as session:
-            rows = session.execute(stmt).all()
         for queue, count, oldest in rows:
             depth.add_metric([queue], count)
             waited = (now - oldest).total_seconds() if oldest is not None else 0.0
             age.add_metric([queue], max(0.0, waited))
         yield depth
         yield age
+
+
+def _queue_rows(db: Database) -> list[Any]:
+    stmt = (
+        select(
+            jobs_table.c.queue,
+            func.count(),
+            type_coerce(func.min(jobs_table.c.run_at), jobs_table.c.run_at.type),
+        )
+        .where(state_is(jobs_table.c.state, "available"))
+        .group_by(jobs_table.c.queue)
+    )
+    with db.read() as session:
+        return list(session.execute(stmt).all())
 
 
 _collector = QueueCollector()
@@ -72,7 +89,7 @@ _registered = False
 def register_queue_collector(db: Database) -> None:
     """Report the depth of ``db``'s queues at scrape time (one database per process)."""
     global _registered
-    _collector.db = db
+    _collector.watch(db)
     if not _registered:
         REGISTRY.register(_collector)
         _registered = True

@@ -37,6 +37,7 @@ _FORWARDED = (
     "job_shutdown_grace_seconds",
     "job_sqlite_watch_seconds",
     "job_queue_weights",
+    "job_retention_days",
     "secret_key",
 )
 

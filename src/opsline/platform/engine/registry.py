@@ -60,6 +60,8 @@ class JobDef:
     unique: KeyFunction | None = None
     concurrency_key: KeyFunction | None = None
     concurrency_limit: int = 1
+    rate_limit: str | None = None
+    rate_key: KeyFunction | None = None
     func: Handler | None = None
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,6 +149,8 @@ def job(
     unique: KeyFunction | Sequence[str] | None = None,
     concurrency_key: KeyFunction | Sequence[str] | None = None,
     concurrency_limit: int = 1,
+    rate_limit: str | None = None,
+    rate_key: KeyFunction | Sequence[str] | None = None,
 ) -> Callable[[Handler], JobDef]:
     """Declare a job handler ``fn(ctx: JobContext, **args)``.
 
@@ -155,7 +159,14 @@ def job(
     returns the existing job. ``concurrency_key``: same form; at most
     ``concurrency_limit`` jobs with one key run at a time. ``timeout`` is in
     seconds; a job past it is failed and retried (see the worker's docstring).
+    ``rate_limit`` (``"10/second"``, per ``rate_key`` value or per job name):
+    a job over the limit is put back until the window resets, without using
+    an attempt (shared across processes when Redis is configured).
     """
+    if rate_limit is not None:
+        from limits import parse
+
+        parse(rate_limit)  # a typo fails at import time
 
     def decorate(func: Handler) -> JobDef:
         model = args_model_for(func, name)
@@ -171,6 +182,8 @@ def job(
             unique=_key_function(unique),
             concurrency_key=_key_function(concurrency_key),
             concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_key=_key_function(rate_key),
             func=func,
         )
         return register(definition)

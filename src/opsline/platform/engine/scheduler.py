@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -60,7 +60,7 @@ class PeriodicJob:
 _PERIODIC: dict[str, PeriodicJob] = {}
 
 
-def periodic(cron: str, *, args: Mapping[str, Any] | None = None) -> Any:
+def periodic(cron: str, *, args: Mapping[str, Any] | None = None) -> Callable[[JobDef], JobDef]:
     """Run the decorated ``@job`` on a cron schedule (UTC), with fixed ``args``."""
     if not croniter.is_valid(cron):
         raise ValueError(f"not a cron expression: {cron!r}")

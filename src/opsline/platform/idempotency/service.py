@@ -1,31 +1,32 @@
 """Idempotent creation: the key is claimed in the use case's own transaction.
 
-``claim`` inserts the key row (tenant, principal, key) with a fingerprint of the
-request before the use case writes anything, in the same unit of work; the
-response is stored on the same row before commit. So either the business rows
-and the key commit together, or neither does:
+The key row (tenant, principal, key), with a fingerprint of the request and the
+response, is inserted in the use case's unit of work after its work, so either
+the business rows and the key commit together or neither does; the unique
+constraint decides which of two concurrent requests with one key commits:
 
 - same key, same request, first one committed -> the stored response, replayed;
 - same key, different request -> 422;
 - same key while the first request's transaction is still open -> 409 (on
-  PostgreSQL the insert would wait on the first transaction's unique-index
-  entry; it waits at most ``LOCK_WAIT`` and then answers 409; SQLite runs one
-  writer at a time, so the second request simply sees the committed first).
+  PostgreSQL the insert waits on the first transaction's unique-index entry for
+  at most ``LOCK_WAIT_MS`` and then answers 409; SQLite runs one writer at a
+  time, so the second request simply finds the first committed and replays it).
 
-A failed use case (a 409 for lack of stock, say) stores its problem response
-too: it runs in a savepoint that is rolled back, while the key row commits.
+A refused use case (a 409 for lack of stock, say) stores its problem response
+too: its work is rolled back, then the key is written with the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from opsline.db import Database, UnitOfWork, utcnow
@@ -87,13 +88,10 @@ def run_idempotent(
     if key is None:
         with ctx.db.unit_of_work() as uow:
             return Outcome(status, action(uow), replayed=False)
-    stored = _stored(ctx, key)
-    if stored is not None:
-        return _replay(stored, request_fingerprint)
     try:
         return _first_run(ctx, key, request_fingerprint, status, action)
     except IntegrityError:
-        # Lost the race to a request that committed the same key meanwhile.
+        # The key exists: a request that committed first (or meanwhile) owns it.
         stored = _stored(ctx, key)
         if stored is None:
             raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
@@ -107,25 +105,34 @@ def _first_run(
     status: int,
     action: Callable[[UnitOfWork], dict[str, Any]],
 ) -> Outcome:
+    """Do the work, then claim the key with its response, in one transaction.
+
+    The key row is written last: the unique constraint decides which of two
+    concurrent requests commits; the other's work rolls back with its failed
+    insert. A refused use case (a Problem) rolls its work back but still
+    commits the key with the problem as the response to replay.
+    """
     problem: Problem | None = None
     with ctx.db.unit_of_work() as uow:
-        _claim(uow, ctx, key, request_fingerprint)
         try:
-            with uow.session.begin_nested():
-                body = action(uow)
+            body = action(uow)
         except Problem as exc:
             problem, status, body = exc, exc.status, exc.body()
-        uow.session.execute(
-            update(K)
-            .where(K.tenant_id == ctx.tenant_id, K.principal == ctx.principal.subject, K.key == key)
-            .values(response_status=status, response_body=body)
-        )
+            uow.rollback()
+        _claim(uow, ctx, key, request_fingerprint, status, body)
     if problem is not None:
         raise problem
     return Outcome(status, body, replayed=False)
 
 
-def _claim(uow: UnitOfWork, ctx: Context, key: str, request_fingerprint: str) -> None:
+def _claim(
+    uow: UnitOfWork,
+    ctx: Context,
+    key: str,
+    request_fingerprint: str,
+    status: int,
+    body: dict[str, Any],
+) -> None:
     session = uow.session
     is_pg = session.get_bind().dialect.name == "postgresql"
     if is_pg:
@@ -133,12 +140,14 @@ def _claim(uow: UnitOfWork, ctx: Context, key: str, request_fingerprint: str) ->
     try:
         session.execute(
             insert(K).values(
+                id=uuid.uuid4(),
                 tenant_id=ctx.tenant_id,
                 principal=ctx.principal.subject,
                 key=key,
                 fingerprint=request_fingerprint,
-                response_status=0,
-                response_body={},
+                response_status=status,
+                response_body=body,
+                created_at=utcnow(),
                 expires_at=utcnow() + TTL,
             )
         )
@@ -148,8 +157,6 @@ def _claim(uow: UnitOfWork, ctx: Context, key: str, request_fingerprint: str) ->
         ):
             raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
         raise
-    if is_pg:
-        session.execute(text("SET LOCAL lock_timeout = 0"))
 
 
 def _stored(ctx: Context, key: str) -> IdempotencyKey | None:

@@ -1,8 +1,10 @@
 """Rate limits with the ``limits`` library: in memory by default, Redis when configured.
 
-A moving-window limiter keyed by what is limited (a principal, an IP, an IP and
-an email). ``hit`` consumes one unit and answers whether it was allowed along
-with the numbers for the ``RateLimit-*`` and ``Retry-After`` headers.
+Limiters are keyed by what is limited (a principal, an IP, an IP and an email).
+``hit`` consumes one unit and answers whether it was allowed along with the
+numbers for the ``RateLimit-*`` and ``Retry-After`` headers. The strategy is
+the sliding-window counter: constant work per hit whatever the limit (a moving
+window keeps one timestamp per hit, which costs more the higher the limit).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage, Storage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from opsline.platform.http.problems import TooManyRequests
 
@@ -39,7 +41,7 @@ class RateState:
 class RateLimiter:
     def __init__(self, redis_url: str | None = None) -> None:
         self.storage: Storage = RedisStorage(redis_url) if redis_url else MemoryStorage()
-        self._limiter = MovingWindowRateLimiter(self.storage)
+        self._limiter = SlidingWindowCounterRateLimiter(self.storage)
 
     def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
         item = parse(rate) if isinstance(rate, str) else rate

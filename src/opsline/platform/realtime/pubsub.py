@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -164,11 +165,16 @@ class _PostgresSubscription:
         self._connection.execute(f"LISTEN {PG_CHANNEL}")
 
     def get(self, timeout: float | None = None) -> Message | None:
-        for notify in self._connection.notifies(timeout=timeout, stop_after=1):
-            message: Message = orjson.loads(notify.payload)
-            if message.get("channel") in self._channels:
-                return message
-        return None
+        # Messages of other logical channels share the NOTIFY channel: skip them.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            for notify in self._connection.notifies(timeout=left, stop_after=1):
+                message: Message = orjson.loads(notify.payload)
+                if message.get("channel") in self._channels:
+                    return message
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
     def close(self) -> None:
         self._connection.close()

@@ -1,0 +1,49 @@
+"""The HTTP floor of shared/PEERS.md: a bare FastAPI endpoint doing one database insert.
+
+Same server settings as Opsline's (uvicorn, one process, httptools when installed,
+a sync endpoint in the thread pool) and the same database engine set-up
+(``opsline.db.Database``: WAL, synchronous, BEGIN IMMEDIATE on SQLite).
+Run: ``python -m bench._floor_app PORT`` with the OPSLINE_* database variables.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Column, MetaData, String, Table, Uuid, insert
+
+from opsline.db import Database
+from opsline.settings import load_settings
+
+metadata = MetaData()
+rows = Table(
+    "bench_floor_rows", metadata, Column("id", Uuid, primary_key=True), Column("body", String(200))
+)
+
+
+def build() -> FastAPI:
+    db = Database(load_settings())
+    metadata.create_all(db.engine)
+    app = FastAPI()
+
+    @app.get("/health/ready")
+    def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/insert", status_code=201)
+    def insert_one(body: dict[str, object]) -> dict[str, str]:
+        row_id = uuid.uuid4()
+        with db.unit_of_work() as uow:
+            uow.session.execute(insert(rows).values(id=row_id, body=str(body)[:200]))
+        return {"id": str(row_id)}
+
+    return app
+
+
+if __name__ == "__main__":
+    uvicorn.run(
+        build(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False
+    )

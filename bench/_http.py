@@ -1,0 +1,198 @@
+"""HTTP load with wrk (as in shared/PEERS.md), servers in subprocesses, databases for benches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get(
+    "BENCH_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+
+WRK_SCRIPT = r"""
+local counter = 0
+local run_id = os.getenv("BENCH_RUN")
+local bodies = {}
+local headers = {}
+
+function init(args)
+  headers["Content-Type"] = "application/json"
+  headers["Authorization"] = os.getenv("BENCH_AUTH") or ""
+  local file = io.open(os.getenv("BENCH_BODIES"), "r")
+  for line in file:lines() do bodies[#bodies + 1] = line end
+  file:close()
+end
+
+function request()
+  counter = counter + 1
+  headers["Idempotency-Key"] = run_id .. "-" .. counter
+  return wrk.format("POST", os.getenv("BENCH_PATH"), headers, bodies[(counter % #bodies) + 1])
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit("this benchmark drives load with wrk: apt-get install wrk")
+    return path
+
+
+def wrk(
+    url: str, path: str, bodies: list[str], *, clients: int, seconds: float, auth: str = ""
+) -> dict[str, float]:
+    """POST ``bodies`` (cycled) to ``path`` with ``clients`` connections for ``seconds``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        body_file = Path(tmp) / "bodies.txt"
+        body_file.write_text("\n".join(bodies) + "\n")
+        env = {
+            **os.environ,
+            "BENCH_AUTH": auth,
+            "BENCH_BODIES": str(body_file),
+            "BENCH_PATH": path,
+            "BENCH_RUN": uuid.uuid4().hex,
+        }
+        out = subprocess.run(
+            [
+                require_wrk(),
+                "-t1",
+                f"-c{clients}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    seconds_run = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "per_s": round(raw["requests"] / seconds_run, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+    }
+
+
+@contextmanager
+def database(backend: str) -> Iterator[dict[str, str]]:
+    """Environment for a fresh database of ``backend``; removed afterwards."""
+    if backend == "sqlite":
+        var = Path(tempfile.mkdtemp(prefix="opsline-bench-"))
+        try:
+            yield {"OPSLINE_VAR_DIR": str(var)}
+        finally:
+            shutil.rmtree(var, ignore_errors=True)
+        return
+    name = f"opsline_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    var = Path(tempfile.mkdtemp(prefix="opsline-bench-"))
+    try:
+        yield {
+            "OPSLINE_VAR_DIR": str(var),
+            "OPSLINE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+        }
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def server(command: list[str], env: Mapping[str, str], port: int, ready: str) -> Iterator[str]:
+    """Start ``command`` in its own process group; yield its base URL once ``ready`` answers."""
+    log_file = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                log_file.seek(0)
+                raise RuntimeError(
+                    f"server exited: {log_file.read()[-2000:].decode(errors='replace')}"
+                )
+            try:
+                if httpx.get(base + ready, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.1)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log_file.close()
+
+
+def opsline(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("opsline")), *args]
+
+
+def run_cli(args: list[str], env: Mapping[str, str]) -> str:
+    return subprocess.run(
+        args, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result, sort_keys=True))

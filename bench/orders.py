@@ -1,0 +1,286 @@
+"""Orders through the HTTP API against the floors of this machine (issue 4's benchmark).
+
+For each database (SQLite embedded, PostgreSQL) and each client count, wrk posts
+orders with unique Idempotency-Keys for a fixed time: once on one hot SKU, once
+spread over a catalogue. In the same run, on the same database and client count:
+
+- the HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``);
+- the raw conditional stock UPDATE rate (pgbench on PostgreSQL, a sqlite3 loop on SQLite);
+- the orders again with the optional Redis lock layer on.
+
+After the runs every product is checked: initial stock = final stock + units held
+by live orders, and stock never negative; ``oversell`` counts violations (must be 0).
+A scarce round (stock 200, hot, many clients) checks that exactly the stock is sold.
+
+Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clients 1,8,32]``.
+The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench._http import database, emit, free_port, log, opsline, require_wrk, run_cli, server, wrk
+from sqlalchemy import select
+
+SERVER_ENV = {
+    "OPSLINE_RATE_LIMIT_API": "100000000/minute",
+    "OPSLINE_RATE_LIMIT_AUTH": "100000/minute",
+    "OPSLINE_LOG_LEVEL": "WARNING",
+    "OPSLINE_LOG_FORMAT": "json",
+    "OPSLINE_SECRET_KEY": "bench-secret-" + "x" * 40,
+    "OPSLINE_EMBEDDED_WORKERS": "2",
+    "OPSLINE_EMBEDDED_SCHEDULER": "false",
+    "OPSLINE_ARGON2_TIME_COST": "1",
+    "OPSLINE_ARGON2_MEMORY_KIB": "1024",
+    "OPSLINE_DB_POOL_SIZE": "40",
+}
+REDIS_LOCK_ENV = {
+    "OPSLINE_ORDERS_REDIS_LOCK": "true",
+    "OPSLINE_REDIS_URL": "redis://127.0.0.1:6379/14",
+}
+
+
+def _shop(base: str, skus: int) -> dict[str, Any]:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        signed = http.post(
+            "/api/v1/auth/signup",
+            json={
+                "email": f"bench-{random.randrange(10**9)}@example.com",
+                "password": "bench-password",
+                "tenant_name": "Bench",
+            },
+        ).json()
+        auth = f"Bearer {signed['tokens']['access_token']}"
+        headers = {"Authorization": auth}
+
+        def product(sku: str, stock: int) -> str:
+            response = http.post(
+                "/api/v1/products",
+                json={"sku": sku, "name": sku, "price": "9.99", "stock": stock},
+                headers=headers,
+            )
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+        return {
+            "auth": auth,
+            "hot": product("HOT", 10**9),
+            "scarce": product("SCARCE", 200),
+            "spread": [product(f"S{i:04d}", 10**7) for i in range(skus)],
+        }
+
+
+def _body(product_id: str) -> str:
+    return json.dumps({"items": [{"product_id": product_id, "quantity": 1}]})
+
+
+def _orders(base: str, shop: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+    hot = wrk(
+        base,
+        "/api/v1/orders",
+        [_body(shop["hot"])],
+        clients=clients,
+        seconds=seconds,
+        auth=shop["auth"],
+    )
+    spread = wrk(
+        base,
+        "/api/v1/orders",
+        [_body(p) for p in shop["spread"]],
+        clients=clients,
+        seconds=seconds,
+        auth=shop["auth"],
+    )
+    return {"hot": hot, "spread": spread}
+
+
+def _conservation(env: dict[str, str]) -> dict[str, int]:
+    """Units held by live orders + final stock must equal the initial stock."""
+    from opsline.db import Database
+    from opsline.orders.models import Order, OrderLine, Product
+    from opsline.settings import Settings
+
+    db = Database(
+        Settings(var_dir=Path(env["OPSLINE_VAR_DIR"]), database_url=env.get("OPSLINE_DATABASE_URL"))
+    )
+    try:
+        with db.read() as session:
+            stock = dict(session.execute(select(Product.sku, Product.stock)).all())
+            held = session.execute(
+                select(Product.sku, OrderLine.quantity)
+                .join(OrderLine, OrderLine.product_id == Product.id)
+                .join(Order, Order.id == OrderLine.order_id)
+                .where(Order.status.in_(("PENDING", "PROCESSING", "PAID")))
+            ).all()
+    finally:
+        db.dispose()
+    units: dict[str, int] = {}
+    for sku, quantity in held:
+        units[sku] = units.get(sku, 0) + quantity
+    initial = {sku: (10**9 if sku == "HOT" else 200 if sku == "SCARCE" else 10**7) for sku in stock}
+    oversell = sum(
+        1 for sku in stock if stock[sku] < 0 or stock[sku] + units.get(sku, 0) != initial[sku]
+    )
+    return {
+        "oversell": oversell,
+        "scarce_sold": units.get("SCARCE", 0),
+        "scarce_stock_left": stock.get("SCARCE", 0),
+    }
+
+
+def _raw_updates(
+    backend: str, env: dict[str, str], clients: int, seconds: float, hot: str
+) -> float:
+    if backend == "sqlite":
+        path = Path(env["OPSLINE_VAR_DIR"]) / "opsline.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        started, done = time.perf_counter(), 0
+        key = hot.replace("-", "")
+        while time.perf_counter() - started < seconds:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE products SET stock = stock - 1 WHERE id = ? AND stock > 0", (key,))
+            conn.execute("COMMIT")
+            done += 1
+        rate = done / (time.perf_counter() - started)
+        conn.close()
+        return round(rate, 1)
+    dbname = env["OPSLINE_DATABASE_URL"].rsplit("/", 1)[-1]
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(f"UPDATE products SET stock = stock - 1 WHERE id = '{hot}' AND stock > 0;\n")
+        script.flush()
+        out = subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                str(clients),
+                "-j",
+                "1",
+                "-T",
+                str(max(1, int(seconds))),
+                "-f",
+                script.name,
+                dbname,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return round(float(re.search(r"tps = ([\d.]+)", out).group(1)), 1)  # type: ignore[union-attr]
+
+
+def _floor(env: dict[str, str], clients: list[int], seconds: float) -> dict[int, dict[str, Any]]:
+    port = free_port()
+    command = [opsline()[0].replace("opsline", "python"), "-m", "bench._floor_app", str(port)]
+    with server(command, {**SERVER_ENV, **env}, port, "/health/ready") as base:
+        body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
+        return {
+            c: wrk(base, "/insert", body, clients=clients_, seconds=seconds)
+            for c, clients_ in ((c, c) for c in clients)
+        }
+
+
+def _serve(env: dict[str, str]) -> tuple[list[str], int]:
+    port = free_port()
+    return opsline("serve", "--port", str(port)), port
+
+
+def run_backend(
+    backend: str, clients: list[int], seconds: float, skus: int, lock: bool
+) -> dict[str, Any]:
+    with database(backend) as env:
+        env = {**SERVER_ENV, **env}
+        run_cli(opsline("migrate"), env)
+        result: dict[str, Any] = {"clients": {}}
+        command, port = _serve(env)
+        with server(command, env, port, "/health/ready") as base:
+            shop = _shop(base, skus)
+            for c in clients:
+                log(f"{backend}: orders with {c} clients")
+                result["clients"][c] = {"orders": _orders(base, shop, c, seconds)}
+            log(f"{backend}: scarce round")
+            wrk(
+                base,
+                "/api/v1/orders",
+                [_body(shop["scarce"])],
+                clients=max(clients),
+                seconds=min(seconds, 3),
+                auth=shop["auth"],
+            )
+            time.sleep(1)
+        result.update(_conservation(env))
+        if lock:
+            env_lock = {**env, **REDIS_LOCK_ENV}
+            command, port = _serve(env_lock)
+            with server(command, env_lock, port, "/health/ready") as base:
+                for c in clients:
+                    log(f"{backend}: orders with the Redis lock layer, {c} clients")
+                    result["clients"][c]["orders_with_redis_lock"] = _orders(base, shop, c, seconds)
+            result["oversell"] += _conservation(env)["oversell"]
+        log(f"{backend}: HTTP floor")
+        floors = _floor(env, clients, seconds)
+        for c in clients:
+            result["clients"][c]["floor_insert"] = floors[c]
+            log(f"{backend}: raw conditional UPDATE, {c} clients")
+            result["clients"][c]["raw_update_per_s"] = _raw_updates(
+                backend, env, c, seconds, shop["hot"]
+            )
+        _ratios(backend, result)
+        return result
+
+
+def _ratios(backend: str, result: dict[str, Any]) -> None:
+    for figures in result["clients"].values():
+        floor = figures["floor_insert"]["per_s"]
+        for scenario in ("hot", "spread"):
+            rate = figures["orders"][scenario]["per_s"]
+            figures[f"ratio_{scenario}_to_floor"] = round(rate / floor, 3) if floor else None
+        raw = figures["raw_update_per_s"]
+        figures["ratio_hot_to_raw_update"] = (
+            round(figures["orders"]["hot"]["per_s"] / raw, 3) if raw else None
+        )
+        if "orders_with_redis_lock" in figures:
+            locked = figures["orders_with_redis_lock"]["hot"]["per_s"]
+            figures["redis_lock_cost"] = round(1 - locked / figures["orders"]["hot"]["per_s"], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one client count, short runs")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--clients", default=None, help="e.g. 1,8,32")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--no-lock", action="store_true", help="skip the Redis lock layer runs")
+    args = parser.parse_args()
+    require_wrk()
+    clients = [int(c) for c in (args.clients or ("8" if args.quick else "1,8,32")).split(",")]
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    skus = 100 if args.quick else 1000
+    backends = {}
+    for backend in args.backends.split(","):
+        try:
+            backends[backend] = run_backend(backend, clients, seconds, skus, lock=not args.no_lock)
+        except Exception as exc:  # one backend failing must not hide the other's figures
+            backends[backend] = {"error": f"{type(exc).__name__}: {exc}"}
+    emit({"benchmark": "orders", "quick": args.quick, "seconds": seconds, "backends": backends})
+
+
+if __name__ == "__main__":
+    main()

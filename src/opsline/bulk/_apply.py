@@ -1,0 +1,205 @@
+"""Applying one chunk of a run, set-based, inside the chunk job's transaction.
+
+Order inside the transaction: record failures (missing records, failed
+checks, policy refusals) with ``INSERT ... SELECT``; capture the original
+values of the rest in SQL; one ``UPDATE`` (or ``DELETE``) of the rest; capture
+the new values (for undo's conflict check); store the encrypted snapshot.
+Should the set-based statement hit a constraint (a row still referenced), the
+chunk falls back to one savepoint per record so only the offending records fail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, delete, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opsline.bulk import _crypto, _sql
+from opsline.bulk._plan import Plan
+from opsline.bulk.models import failures_table, items_table, snapshots_table
+from opsline.platform.context import Principal
+from opsline.platform.resources import PolicyCheck
+
+I = items_table.c  # noqa: E741
+F = failures_table.c
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    run_id: uuid.UUID
+    tenant_id: uuid.UUID
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    processed: int
+    failed: int
+
+
+def chunk_ids(ref: ChunkRef) -> Any:
+    return select(I.record_id).where(I.run_id == ref.run_id, I.chunk == ref.chunk)
+
+
+def failed_ids(ref: ChunkRef) -> Any:
+    return select(F.record_id).where(F.run_id == ref.run_id, F.chunk == ref.chunk)
+
+
+def record_failures(session: Session, ref: ChunkRef, source: Any, reason: str) -> None:
+    """``source`` selects record ids; each becomes a failure with ``reason``."""
+    cols = [
+        literal(ref.run_id).label("run_id"),
+        literal(ref.tenant_id).label("tenant_id"),
+        literal(ref.chunk).label("chunk"),
+        source.c.record_id,
+        literal(reason[:300]).label("reason"),
+    ]
+    session.execute(
+        insert(failures_table).from_select(
+            ["run_id", "tenant_id", "chunk", "record_id", "reason"], select(*cols)
+        )
+    )
+
+
+def _mark_failures(session: Session, plan: Plan, ref: ChunkRef, principal: Principal) -> None:
+    table = plan.resource.table
+    present = select(table.c.id).where(
+        table.c.id == I.record_id, table.c.tenant_id == ref.tenant_id
+    )
+    missing = chunk_ids(ref).where(~present.exists()).subquery()
+    record_failures(session, ref, missing, "record no longer exists")
+    base = and_(table.c.tenant_id == ref.tenant_id, table.c.id.in_(chunk_ids(ref)))
+    for predicate, reason in plan.checks:
+        source = (
+            select(table.c.id.label("record_id"))
+            .where(base, predicate, table.c.id.not_in(failed_ids(ref)))
+            .subquery()
+        )
+        record_failures(session, ref, source, reason)
+    if plan.resource.policy is not None:
+        _apply_policy(session, plan, ref, principal, base)
+
+
+def _apply_policy(
+    session: Session, plan: Plan, ref: ChunkRef, principal: Principal, base: Any
+) -> None:
+    table = plan.resource.table
+    ids = list(session.scalars(select(table.c.id).where(base, table.c.id.not_in(failed_ids(ref)))))
+    assert plan.resource.policy is not None
+    refused = plan.resource.policy(PolicyCheck(session, principal, plan.action, ids, plan.values))
+    if refused:
+        session.execute(
+            insert(failures_table),
+            [
+                {
+                    "run_id": ref.run_id,
+                    "tenant_id": ref.tenant_id,
+                    "chunk": ref.chunk,
+                    "record_id": rid,
+                    "reason": reason[:300],
+                }
+                for rid, reason in refused.items()
+            ],
+        )
+
+
+def apply_chunk(
+    session: Session,
+    plan: Plan,
+    ref: ChunkRef,
+    principal: Principal,
+    key: bytes,
+    expires_at: datetime | None,
+) -> Outcome:
+    """Apply ``plan`` to the chunk's records (caller holds the chunk guard)."""
+    _mark_failures(session, plan, ref, principal)
+    table = plan.resource.table
+    target = and_(
+        table.c.tenant_id == ref.tenant_id,
+        table.c.id.in_(chunk_ids(ref)),
+        table.c.id.not_in(failed_ids(ref)),
+    )
+    if plan.mode == "none":
+        done = len(session.execute(select(table.c.id).where(target)).all())
+    else:
+        done = _change(session, plan, ref, target, key, expires_at)
+    failed = len(session.execute(failed_ids(ref)).all())
+    return Outcome(processed=done, failed=failed)
+
+
+def _change(
+    session: Session,
+    plan: Plan,
+    ref: ChunkRef,
+    target: ColumnElement[bool],
+    key: bytes,
+    expires_at: datetime | None,
+) -> int:
+    try:
+        with session.begin_nested():
+            before, after, done = _statement(session, plan, target)
+    except IntegrityError:
+        before, after, done = _one_by_one(session, plan, ref, target)
+    if expires_at is not None and plan.undoable and done:
+        blob = b'{"b":' + before + b',"a":' + after + b"}"
+        session.execute(
+            insert(snapshots_table).values(
+                run_id=ref.run_id,
+                chunk=ref.chunk,
+                tenant_id=ref.tenant_id,
+                mode=plan.mode,
+                records=done,
+                data=_crypto.seal(key, ref.tenant_id, ref.run_id, ref.chunk, blob),
+                expires_at=expires_at,
+            )
+        )
+    return done
+
+
+def _statement(
+    session: Session, plan: Plan, target: ColumnElement[bool]
+) -> tuple[bytes, bytes, int]:
+    table = plan.resource.table
+    columns = plan.snapshot_columns()
+    before = _sql.capture(session, table, columns, target)
+    if plan.mode == "delete":
+        done = _sql.rowcount(session.execute(delete(table).where(target)))
+        return before, b"[]", done
+    done = _sql.rowcount(session.execute(update(table).where(target).values(plan.changes)))
+    # ``target`` names records by chunk and failures only, so it still matches them.
+    after = _sql.capture(session, table, columns, target)
+    return before, after, done
+
+
+def _one_by_one(
+    session: Session, plan: Plan, ref: ChunkRef, target: ColumnElement[bool]
+) -> tuple[bytes, bytes, int]:
+    table = plan.resource.table
+    befores: list[Any] = []
+    afters: list[Any] = []
+    for record_id in list(session.scalars(select(table.c.id).where(target))):
+        try:
+            with session.begin_nested():
+                b, a, n = _statement(session, plan, and_(target, table.c.id == record_id))
+        except IntegrityError as exc:
+            reason = f"refused by the database: {type(exc.orig).__name__}"
+            session.execute(
+                insert(failures_table).values(
+                    run_id=ref.run_id,
+                    tenant_id=ref.tenant_id,
+                    chunk=ref.chunk,
+                    record_id=record_id,
+                    reason=reason,
+                )
+            )
+            continue
+        if n:
+            befores += orjson.loads(b)
+            afters += orjson.loads(a)
+    return orjson.dumps(befores), orjson.dumps(afters), len(befores)

@@ -1,0 +1,260 @@
+"""HTTP endpoints of bulk actions under ``/api/v1/bulk`` (thin: one service call each)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from opsline.bulk import service
+from opsline.bulk._selection import OPS
+from opsline.bulk.permissions import BULK_RUN
+from opsline.bulk.schemas import (
+    FINAL_STATUSES,
+    ActionOut,
+    BulkRequest,
+    ExportFormat,
+    FailureOut,
+    PreviewOut,
+    RescheduleRequest,
+    ResourceOut,
+    RunOut,
+    ScheduleRequest,
+    UndoRequest,
+)
+from opsline.platform.context import Context
+from opsline.platform.engine.changes import channel, pubsub_for
+from opsline.platform.http.deps import RequirePermission, principal_from_credentials
+from opsline.platform.http.pagination import Page, PageDep
+from opsline.platform.http.problems import Forbidden
+from opsline.platform.resources import all_resources
+from opsline.platform.runtime import Runtime
+
+router = APIRouter(prefix="/bulk", tags=["bulk"])
+BulkCtx = Annotated[Context, RequirePermission(BULK_RUN.name)]
+POLL_SECONDS = 1.0
+
+
+def _limit(request: Request, ctx: Context) -> None:
+    """Per-user and per-tenant rate of runs started (429 with Retry-After)."""
+    limiter = request.app.state.runtime.rate_limiter
+    settings = ctx.settings
+    limiter.enforce(settings.bulk_rate_limit_user, "bulk", ctx.principal.subject, what="bulk runs")
+    limiter.enforce(
+        settings.bulk_rate_limit_tenant, "bulk-tenant", str(ctx.tenant_id), what="this tenant"
+    )
+
+
+@router.get("/resources", response_model=list[ResourceOut], summary="Targetable resources")
+def list_resources(ctx: BulkCtx) -> list[ResourceOut]:
+    """Every resource with its fields, operators and the actions this principal may run."""
+    out = []
+    for resource in all_resources():
+        actions = [
+            ActionOut(
+                name=a,
+                permission=resource.permission_for(a) or "",
+                destructive=resource.is_destructive(a),
+                undoable=resource.is_undoable(a),
+            )
+            for a in resource.actions()
+        ]
+        out.append(
+            ResourceOut(
+                name=resource.name,
+                label=resource.label or resource.name,
+                fields=[f.describe() for f in resource.fields],
+                actions=actions,
+                operators=list(OPS),
+            )
+        )
+    return out
+
+
+@router.get("/actions", response_model=list[ActionOut], summary="Every action of any resource")
+def list_actions(ctx: BulkCtx) -> list[ActionOut]:
+    seen: dict[str, ActionOut] = {}
+    for resource in all_resources():
+        for a in resource.actions():
+            seen.setdefault(
+                a,
+                ActionOut(
+                    name=a,
+                    permission=resource.permission_for(a) or "",
+                    destructive=resource.is_destructive(a),
+                    undoable=resource.is_undoable(a),
+                ),
+            )
+    return list(seen.values())
+
+
+@router.post("/preview", response_model=PreviewOut, summary="Dry run: count, sample, warnings")
+def preview(body: BulkRequest, ctx: BulkCtx) -> PreviewOut:
+    return service.preview(ctx, body)
+
+
+@router.post(
+    "/runs",
+    response_model=RunOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Run a bulk action now",
+    responses={409: {"description": "Confirmation needed"}, 429: {"description": "Limit"}},
+)
+def execute(body: BulkRequest, ctx: BulkCtx, request: Request) -> RunOut:
+    _limit(request, ctx)
+    return service.execute(ctx, body)
+
+
+@router.get("/runs", response_model=Page[RunOut], summary="Runs and undos (the audit log)")
+def list_runs(
+    ctx: BulkCtx,
+    page: PageDep,
+    status: Annotated[str | None, Query(max_length=24)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    resource: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Literal["action", "undo"] | None = None,
+) -> Page[RunOut]:
+    return service.list_runs(
+        ctx,
+        cursor=page.cursor,
+        limit=page.limit,
+        status=status,
+        action=action,
+        resource=resource,
+        kind=kind,
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def get_run(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
+    return service.get_run(ctx, run_id)
+
+
+@router.get("/runs/{run_id}/failures", response_model=Page[FailureOut])
+def list_failures(run_id: uuid.UUID, ctx: BulkCtx, page: PageDep) -> Page[FailureOut]:
+    return service.list_failures(ctx, run_id, cursor=page.cursor, limit=page.limit)
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut)
+def cancel(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
+    return service.cancel_run(ctx, run_id)
+
+
+@router.post("/runs/{run_id}/undo", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
+def undo(
+    run_id: uuid.UUID, ctx: BulkCtx, request: Request, body: UndoRequest | None = None
+) -> RunOut:
+    _limit(request, ctx)
+    return service.undo_run(ctx, run_id, force=body.force if body else False)
+
+
+@router.get("/runs/{run_id}/undo", response_model=RunOut, summary="The undo of this run")
+def undo_status(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
+    return service.get_undo(ctx, run_id)
+
+
+@router.get(
+    "/runs/{run_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/pdf": {}}}},
+    summary="Download the run's affected records",
+)
+def export(run_id: uuid.UUID, ctx: BulkCtx, format: ExportFormat = "csv") -> StreamingResponse:
+    name, stream = service.export_run(ctx, run_id, format)
+    return StreamingResponse(
+        stream,
+        media_type=service.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post(
+    "/schedules", response_model=RunOut, status_code=status.HTTP_201_CREATED, summary="Schedule"
+)
+def schedule(body: ScheduleRequest, ctx: BulkCtx, request: Request) -> RunOut:
+    _limit(request, ctx)
+    return service.schedule(ctx, body)
+
+
+@router.get("/schedules", response_model=Page[RunOut], summary="Scheduled runs")
+def list_schedules(ctx: BulkCtx, page: PageDep) -> Page[RunOut]:
+    return service.list_runs(ctx, cursor=page.cursor, limit=page.limit, status="scheduled")
+
+
+@router.patch("/schedules/{run_id}", response_model=RunOut, summary="Reschedule")
+def reschedule(run_id: uuid.UUID, body: RescheduleRequest, ctx: BulkCtx) -> RunOut:
+    return service.reschedule(ctx, run_id, body)
+
+
+@router.delete("/schedules/{run_id}", response_model=RunOut, summary="Cancel a scheduled run")
+def unschedule(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
+    return service.cancel_run(ctx, run_id)
+
+
+@router.get(
+    "/runs/{run_id}/progress",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="Live progress (SSE) until the run ends; auth by header or ?access_token=",
+)
+async def progress(
+    run_id: uuid.UUID,
+    request: Request,
+    access_token: Annotated[str | None, Query(max_length=4096)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+) -> StreamingResponse:
+    runtime: Runtime = request.app.state.runtime
+    token = access_token
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:]
+    principal = await run_in_threadpool(
+        principal_from_credentials, runtime, token=token, api_key=x_api_key
+    )
+    if not principal.has(BULK_RUN.name):
+        raise Forbidden(f"your role '{principal.role}' lacks the permission 'bulk.run'")
+    ctx = Context(runtime.db, runtime.settings, principal)
+    first = await run_in_threadpool(service.get_run, ctx, run_id)  # 404 before streaming
+    return StreamingResponse(
+        _progress_stream(runtime, ctx, first, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _progress_stream(
+    runtime: Runtime, ctx: Context, run: RunOut, request: Request
+) -> AsyncIterator[bytes]:
+    pubsub = pubsub_for(runtime.db.engine)
+    subscription = pubsub.subscribe(channel(ctx.tenant_id)) if pubsub else None
+    try:
+        seq = 0
+        while True:
+            seq += 1
+            data = orjson.dumps(run.model_dump(mode="json"))
+            yield b"id: %d\nevent: progress\ndata: %s\n\n" % (seq, data)
+            if run.status in FINAL_STATUSES or await request.is_disconnected():
+                return
+            await _wait_for_change(subscription, str(run.id))
+            run = await run_in_threadpool(service.get_run, ctx, run.id)
+    finally:
+        if subscription is not None:
+            subscription.close()
+
+
+async def _wait_for_change(subscription: object, run_id: str) -> None:
+    """Until a message about this run arrives, or POLL_SECONDS pass (the database is the truth)."""
+    waited = 0.0
+    while waited < POLL_SECONDS:
+        message = subscription.get(timeout=0) if subscription is not None else None  # type: ignore[attr-defined]
+        if message and message.get("kind") == "bulk_run" and message.get("id") == run_id:
+            return
+        if message is None:
+            await asyncio.sleep(0.05)
+            waited += 0.05

@@ -1,0 +1,194 @@
+"""Jobs of bulk actions: apply or undo one chunk, finish a run, start a scheduled run, purge.
+
+Chunk jobs are idempotent: the chunk's row in ``bulk_chunks`` is written in the
+same transaction as its changes and snapshot, so a redelivered chunk (a worker
+killed after commit, before its ack) finds it and does nothing; a chunk killed
+before commit left nothing behind and runs again from the original data. A
+chunk whose run is no longer running (cancelled) changes nothing, and one that
+finds its run cancelled at commit time rolls back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import delete, select, update
+
+from opsline.bulk import _crypto, _runs, _start, events
+from opsline.bulk._apply import ChunkRef, Outcome, apply_chunk
+from opsline.bulk._plan import build_plan
+from opsline.bulk._undo import undo_chunk as undo_one_chunk
+from opsline.bulk.models import (
+    BulkRun,
+    chunks_table,
+    items_table,
+    runs_table,
+    snapshots_table,
+)
+from opsline.db import UnitOfWork, as_utc, utcnow
+from opsline.platform.auth.roles import Role
+from opsline.platform.context import Principal
+from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.events import publish
+from opsline.platform.engine.models import Batch
+from opsline.platform.engine.registry import job
+from opsline.platform.engine.scheduler import periodic
+from opsline.platform.resources import find_resource
+
+log = structlog.get_logger(__name__)
+C = chunks_table.c
+R = runs_table.c
+
+
+class _RunGone(Exception):
+    """The run stopped running while the chunk worked: roll the chunk back."""
+
+
+def _claim(uow: UnitOfWork, run_id: uuid.UUID, chunk: int) -> bool:
+    seen = uow.session.execute(select(C.chunk).where(C.run_id == run_id, C.chunk == chunk)).first()
+    if seen is not None:
+        return False
+    uow.session.execute(
+        chunks_table.insert().values(
+            run_id=run_id, chunk=chunk, processed=0, failed=0, applied_at=utcnow()
+        )
+    )
+    return True
+
+
+def _record(uow: UnitOfWork, run: BulkRun, chunk: int, outcome: Outcome) -> None:
+    now = utcnow()
+    uow.session.execute(
+        update(chunks_table)
+        .where(C.run_id == run.id, C.chunk == chunk)
+        .values(processed=outcome.processed, failed=outcome.failed)
+    )
+    moved = uow.session.execute(
+        update(runs_table)
+        .where(R.id == run.id, R.status == "running")
+        .values(
+            processed=R.processed + outcome.processed,
+            failed=R.failed + outcome.failed,
+            updated_at=now,
+        )
+        .returning(R.processed, R.failed)
+    ).first()
+    if moved is None:
+        raise _RunGone
+    run.processed, run.failed = moved.processed, moved.failed
+    publish(uow, events.BulkActionProgress(**_runs.event_fields(run)))
+    _runs.announce(uow, run)
+
+
+def _principal(run: BulkRun) -> Principal:
+    return Principal(tenant_id=run.tenant_id, role=Role(run.actor_role), user_id=run.user_id)
+
+
+@job("bulk.apply_chunk", max_attempts=5)
+def apply_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
+    """Apply one chunk of a run (no-op when already applied or the run stopped)."""
+    key = _crypto.undo_key(ctx.settings)
+    try:
+        with ctx.unit_of_work() as uow:
+            run = uow.session.get(BulkRun, run_id)
+            if run is None or run.status != "running" or not _claim(uow, run_id, chunk):
+                return
+            # Counters move only by SQL increments; this copy must never be flushed back.
+            uow.session.expunge(run)
+            resource = find_resource(run.resource)
+            if resource is None:
+                raise LookupError(f"resource {run.resource!r} is no longer registered")
+            assert run.started_at is not None
+            plan = build_plan(resource, run.action, run.params, now=as_utc(run.started_at))
+            ref = ChunkRef(run.id, run.tenant_id, chunk)
+            outcome = apply_chunk(uow.session, plan, ref, _principal(run), key, run.undo_expires_at)
+            _record(uow, run, chunk, outcome)
+    except _RunGone:
+        log.info("bulk_chunk_rolled_back", run_id=str(run_id), chunk=chunk)
+
+
+@job("bulk.undo_chunk", max_attempts=5)
+def undo_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
+    """Undo one chunk of the original run of undo run ``run_id`` (idempotent like apply)."""
+    key = _crypto.undo_key(ctx.settings)
+    try:
+        with ctx.unit_of_work() as uow:
+            run = uow.session.get(BulkRun, run_id)
+            if run is None or run.status != "running" or not _claim(uow, run_id, chunk):
+                return
+            # Counters move only by SQL increments; this copy must never be flushed back.
+            uow.session.expunge(run)
+            resource = find_resource(run.resource)
+            if resource is None or run.undo_of is None:
+                raise LookupError(f"resource {run.resource!r} is no longer registered")
+            original = ChunkRef(run.undo_of, run.tenant_id, chunk)
+            mine = ChunkRef(run.id, run.tenant_id, chunk)
+            outcome = undo_one_chunk(uow.session, resource, original, mine, key, force=run.force)
+            _record(uow, run, chunk, outcome)
+    except _RunGone:
+        log.info("bulk_undo_chunk_rolled_back", run_id=str(run_id), chunk=chunk)
+
+
+@job("bulk.finish_run", max_attempts=20)
+def finish_run(ctx: JobContext, batch_id: uuid.UUID, run_id: uuid.UUID) -> None:
+    """The batch's completion callback: the final status (never over a cancelled run)."""
+    with ctx.unit_of_work() as uow:
+        run = _runs.lock_run(uow.session, run_id)
+        if run is None or run.status != "running":
+            return
+        batch = uow.session.get(Batch, batch_id)
+        dead = batch.failed if batch is not None else 0
+        _runs.finish(uow, run, dead)
+
+
+@job("bulk.start_scheduled", max_attempts=5)
+def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
+    """Start a scheduled run when due; a job for an older time (rescheduled) does nothing."""
+    with ctx.unit_of_work() as uow:
+        run = _runs.lock_run(uow.session, run_id)
+        if run is None or run.status != "scheduled" or run.scheduled_at is None:
+            return
+        if abs((as_utc(run.scheduled_at) - as_utc(at)).total_seconds()) > 0.001:
+            return
+        resource = find_resource(run.resource)
+        now = utcnow()
+        run.started_at, run.updated_at = now, now
+        if resource is None:
+            run.status, run.finished_at, run.error = "failed", now, "resource not registered"
+            return
+        try:
+            with uow.session.begin_nested():
+                _start.start_run(uow, run, resource, ctx.settings)
+        except Exception as exc:
+            run.status, run.finished_at = "failed", now
+            run.error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"[:500]
+            publish(uow, events.BulkActionFailed(**_runs.event_fields(run), error=run.error))
+
+
+@periodic("17 * * * *")
+@job("bulk.purge_expired", max_attempts=3)
+def purge_expired(ctx: JobContext) -> int:
+    """Delete undo snapshots past their expiry, with the run's selection and chunk marks."""
+    now = utcnow()
+    S = snapshots_table.c
+    with ctx.unit_of_work() as uow:
+        expired = [
+            row.id
+            for row in uow.session.execute(
+                select(R.id).where(R.undo_expires_at.is_not(None), R.undo_expires_at <= now)
+            )
+        ]
+        removed = 0
+        for run_id in expired:
+            removed += uow.session.execute(  # type: ignore[attr-defined]
+                delete(snapshots_table).where(S.run_id == run_id)
+            ).rowcount
+            uow.session.execute(delete(items_table).where(items_table.c.run_id == run_id))
+            uow.session.execute(delete(chunks_table).where(C.run_id == run_id))
+            uow.session.execute(
+                update(runs_table).where(R.id == run_id).values(undo_expires_at=None)
+            )
+        uow.session.execute(delete(snapshots_table).where(S.expires_at <= now))
+    return removed

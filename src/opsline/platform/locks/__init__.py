@@ -1,0 +1,67 @@
+"""Distributed locks in Redis for critical sections that span several statements.
+
+``SET key token NX PX ttl`` takes the lock; release is a compare-and-delete in
+one Lua script, so a holder whose lock expired never deletes a successor's.
+Acquisition retries with jittered backoff until a deadline, then gives up with
+a 409. Correctness must never depend on these locks (the database's
+conditional updates and constraints are the truth); they only keep contending
+requests from doing work that would be refused anyway.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import redis
+
+from opsline.platform.http.problems import Conflict
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class LockBusy(Conflict):
+    type_slug = "lock-busy"
+    title = "Resource busy"
+
+
+class RedisLocks:
+    def __init__(self, url: str, *, ttl_ms: int = 5000, wait_ms: int = 2000) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.ttl_ms = ttl_ms
+        self.wait_ms = wait_ms
+        self._release = self.client.register_script(_RELEASE)
+
+    @contextmanager
+    def hold(self, keys: Sequence[str]) -> Iterator[None]:
+        """Hold every key (taken in sorted order, so holders never deadlock)."""
+        token = secrets.token_hex(16)
+        taken: list[str] = []
+        try:
+            for key in sorted(set(keys)):
+                self._acquire(key, token)
+                taken.append(key)
+            yield
+        finally:
+            for key in reversed(taken):
+                self._release(keys=[key], args=[token])
+
+    def _acquire(self, key: str, token: str) -> None:
+        deadline = time.monotonic() + self.wait_ms / 1000
+        delay = 0.002
+        while not self.client.set(key, token, nx=True, px=self.ttl_ms):
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"{key.rsplit(':', 1)[-1]} is busy; retry shortly")
+            time.sleep(random.uniform(0, delay))  # full jitter
+            delay = min(delay * 2, 0.1)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,44 @@
+"""``opsline bulk``: preview, run followed live, list, undo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from opsline.cli.main import app
+from opsline.settings import Settings
+from tests.bulk.conftest import Desk
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
+    if settings.database_url:
+        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
+    assert settings.secret_key is not None
+    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
+    return CliRunner()
+
+
+def test_preview_run_list_and_undo(cli: CliRunner, desk: Desk, worker: Any) -> None:
+    ids = desk.seed(5)
+    before = desk.rows_hash()
+    tenant = str(desk.owner.tenant_id)
+    seen = cli.invoke(app, ["bulk", "preview", "--tenant", tenant, "products", "archive"])
+    assert seen.exit_code == 0, seen.output
+    assert "5 records" in seen.output
+    ran = cli.invoke(
+        app, ["bulk", "run", "--tenant", tenant, "products", "archive", "--id", ids[0]]
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "completed: 1 processed" in ran.output
+    listed = cli.invoke(app, ["bulk", "list", "--tenant", tenant])
+    assert "archive" in listed.output
+    run_id = ran.output.split("run ")[1].split()[0]
+    undone = cli.invoke(app, ["bulk", "undo", "--tenant", tenant, run_id])
+    assert undone.exit_code == 0, undone.output
+    assert desk.rows_hash() == before
+    refused = cli.invoke(app, ["bulk", "run", "--tenant", tenant, "products", "soft_delete"])
+    assert refused.exit_code == 1

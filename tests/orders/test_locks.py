@@ -1,0 +1,73 @@
+"""The optional Redis lock layer: exclusive, released only by its holder, and correct."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from opsline.platform.locks import LockBusy, RedisLocks
+from opsline.settings import Settings, SettingsError, load_settings
+from tests.helpers import assert_problem
+from tests.orders.conftest import Shop
+
+pytestmark = pytest.mark.redis
+
+
+def test_a_held_lock_refuses_others_until_released(redis_url: str) -> None:
+    locks = RedisLocks(redis_url, ttl_ms=5000, wait_ms=50)
+    key = f"test:lock:{uuid.uuid4().hex}"
+    try:
+        with locks.hold([key]):
+            with pytest.raises(LockBusy), locks.hold([key]):
+                pass
+        with locks.hold([key]):
+            pass
+    finally:
+        locks.close()
+
+
+def test_an_expired_holder_never_releases_its_successor(redis_url: str) -> None:
+    locks = RedisLocks(redis_url, ttl_ms=50, wait_ms=500)
+    key = f"test:lock:{uuid.uuid4().hex}"
+    successor_holds = threading.Event()
+    try:
+        with locks.hold([key]):
+            time.sleep(0.1)  # our lock expires meanwhile
+            thread = threading.Thread(target=lambda: _hold_briefly(locks, key, successor_holds))
+            thread.start()
+            assert successor_holds.wait(2)
+        # We released: the successor's lock must still be there.
+        assert locks.client.get(key) is not None
+        thread.join()
+    finally:
+        locks.close()
+
+
+def _hold_briefly(locks: RedisLocks, key: str, holding: threading.Event) -> None:
+    locks.ttl_ms = 2000
+    with locks.hold([key]):
+        holding.set()
+        time.sleep(0.3)
+
+
+def test_lock_layer_without_redis_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSLINE_ORDERS_REDIS_LOCK", "true")
+    monkeypatch.delenv("OPSLINE_REDIS_URL", raising=False)
+    with pytest.raises(SettingsError, match="OPSLINE_REDIS_URL"):
+        load_settings()
+
+
+class TestOrdersWithLocks:
+    @pytest.fixture
+    def settings_overrides(self, redis_url: str) -> dict[str, object]:
+        return {"redis_url": redis_url, "orders_redis_lock": True, "payment_latency_max_ms": 1}
+
+    def test_orders_work_under_the_lock_layer(self, shop: Shop, settings: Settings) -> None:
+        assert settings.orders_redis_lock
+        product = shop.product(stock=1)
+        assert shop.order([(product["id"], 1)]).status_code == 201
+        assert_problem(shop.order([(product["id"], 1)]), 409)
+        assert shop.stock(product["id"]) == 0
