@@ -57,6 +57,23 @@ class TestHotProduct:
         orders = live.settled()
         assert Counter(o.status for o in orders) == {"PAID": 50}
 
+    def test_50_concurrent_requests_with_one_key_make_one_order(self, live: Live) -> None:
+        product = live.product("ONCE", stock=100)
+        responses = _parallel(
+            [lambda: live.order([(product, 1)], key="one-key") for _ in range(50)]
+        )
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) <= {201, 409}, statuses
+        assert not any(r.status_code >= 500 for r in responses)
+        created_ids = {r.json()["id"] for r in responses if r.status_code == 201}
+        assert len(created_ids) == 1
+        assert live.stock(product) == 99
+        different = live.order([(product, 2)], key="one-key")
+        assert different.status_code == 422
+        other_user = live.order([(product, 1)], key="one-key", headers=live.owner)
+        assert other_user.status_code == 201
+        assert other_user.json()["id"] not in created_ids
+
 
 def test_200_concurrent_multi_line_orders_conserve_stock(live: Live) -> None:
     initial = {live.product(f"P{i}", stock=150): 150 for i in range(3)}
@@ -88,22 +105,6 @@ def test_200_concurrent_multi_line_orders_conserve_stock(live: Live) -> None:
         final = live.stock(product)
         assert final >= 0
         assert start == final + held[product]
-
-
-def test_50_concurrent_requests_with_one_key_make_one_order(live: Live) -> None:
-    product = live.product("ONCE", stock=100)
-    responses = _parallel([lambda: live.order([(product, 1)], key="one-key") for _ in range(50)])
-    statuses = Counter(r.status_code for r in responses)
-    assert set(statuses) <= {201, 409}, statuses
-    assert not any(r.status_code >= 500 for r in responses)
-    created_ids = {r.json()["id"] for r in responses if r.status_code == 201}
-    assert len(created_ids) == 1
-    assert live.stock(product) == 99
-    different = live.order([(product, 2)], key="one-key")
-    assert different.status_code == 422
-    other_user = live.order([(product, 1)], key="one-key", headers=live.owner)
-    assert other_user.status_code == 201
-    assert other_user.json()["id"] not in created_ids
 
 
 def test_cancel_racing_the_payment_worker_never_both(live: Live) -> None:

@@ -22,6 +22,12 @@ def use_runtime_factory(factory: RuntimeFactory) -> None:
     _factory[:] = [factory]
 
 
+def build_runtime(settings: Settings) -> Runtime:
+    if not _factory:
+        raise RuntimeError("opsline.cli must install the runtime factory first")
+    return _factory[0](settings)
+
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,9 +44,7 @@ def cli_runtime() -> Iterator[Runtime]:
         settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
-    if not _factory:
-        raise RuntimeError("opsline.cli must install the runtime factory first")
-    runtime = _factory[0](settings)
+    runtime = build_runtime(settings)
     try:
         yield runtime
     except Problem as exc:

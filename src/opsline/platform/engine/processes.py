@@ -2,8 +2,8 @@
 
 ``run_worker`` runs one worker in this process until SIGTERM/SIGINT (then
 stops gracefully). ``spawn_workers`` starts P such processes
-(``python -m opsline.platform.engine.processes``) with the given settings
-passed through ``OPSLINE_*`` environment variables, and returns a
+(``python -m opsline worker``) with the given settings passed through
+``OPSLINE_*`` environment variables, and returns a
 :class:`WorkerGroup` to stop (SIGTERM), kill or wait for them. It is the
 multi-process deployment behind ``opsline worker --processes P`` and the API
 the benchmark uses.
@@ -11,7 +11,6 @@ the benchmark uses.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -23,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from opsline.platform.engine.registry import QUEUES
-from opsline.settings import Settings, load_settings
+from opsline.settings import Settings
 
 _FORWARDED = (
     "database_url",
@@ -64,13 +63,17 @@ def run_worker(
     imports: Sequence[str] = (),
     prefetch: int | None = None,
 ) -> None:
-    """Run one worker here until SIGTERM or SIGINT, then stop it gracefully."""
-    from opsline.bootstrap import bootstrap
+    """Run one worker here until SIGTERM or SIGINT, then stop it gracefully.
+
+    The runtime comes from the factory the command line installed
+    (``opsline.platform.clitools``), so every job of every capability is known.
+    """
+    from opsline.platform.clitools import build_runtime
     from opsline.platform.engine.worker import Worker
 
     for module in imports:
         importlib.import_module(module)
-    runtime = bootstrap(settings)
+    runtime = build_runtime(settings)
     worker = Worker(runtime.db, settings, queues=queues, concurrency=concurrency, prefetch=prefetch)
     stop = threading.Event()
 
@@ -134,7 +137,8 @@ def spawn_workers(
     command = [
         sys.executable,
         "-m",
-        "opsline.platform.engine.processes",
+        "opsline",
+        "worker",
         "--queues",
         ",".join(queues),
         "--concurrency",
@@ -146,23 +150,3 @@ def spawn_workers(
         command += ["--import", module]
     started = [subprocess.Popen(command, env=env, cwd=cwd) for _ in range(processes)]
     return WorkerGroup(started)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run one Opsline worker process.")
-    parser.add_argument("--queues", default=",".join(QUEUES))
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--prefetch", type=int, default=None)
-    parser.add_argument("--import", dest="imports", action="append", default=[])
-    args = parser.parse_args(argv)
-    run_worker(
-        load_settings(),
-        queues=[q for q in args.queues.split(",") if q],
-        concurrency=args.concurrency,
-        imports=args.imports,
-        prefetch=args.prefetch,
-    )
-
-
-if __name__ == "__main__":
-    main()
