@@ -51,7 +51,8 @@ migrate: install ## Bring the database schema to the newest revision
 bench: install ## Run every benchmark quickly (JSON on the last line of each)
 	$(UV) sync --frozen --inexact --all-groups --python $(PY)
 	@for script in bench/*.py; do case $$script in bench/_*) continue;; esac; \
-		echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
+		name=$$(basename $$script .py); echo "== bench.$$name"; \
+		$(BIN)/python -m bench.$$name --quick || exit 1; done
 
 clean: ## Remove the environments and local data
 	rm -rf .uv $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -131,7 +131,7 @@ if __name__ == "__main__":
     main(
         systems(),
         subjects=["opsline_sqlite", "opsline_sqlite_full", "opsline_postgresql"],
-        baselines=["dramatiq_rabbitmq", "pgqueuer_pg", "celery_rabbitmq"],
+        baselines=["dramatiq_rabbitmq", "pgqueuer_postgres", "celery_rabbitmq"],
         description="Opsline's engine against Dramatiq, PgQueuer and Celery",
         argv=argv,
     )

@@ -215,7 +215,6 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
 
     quantities = merged_quantities(data)
     products = _products_for(uow, ctx, quantities)
-    _stock.take(uow.session, ctx.tenant_id, quantities)
     now = utcnow()
     order_id = new_id()
     lines = [
@@ -259,6 +258,10 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
             lines=[{"product_id": str(x["product_id"]), "quantity": x["quantity"]} for x in lines],
         ),
     )
+    # Stock last: on PostgreSQL the hot product rows stay locked only for the
+    # decrements and the commit, not for the inserts above. A shortage rolls
+    # everything back.
+    _stock.take(uow.session, ctx.tenant_id, quantities)
     return _order_body(order, lines)
 
 
