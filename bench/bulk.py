@@ -20,7 +20,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 
 from opsline.bootstrap import bootstrap
 from opsline.bulk import service
@@ -29,6 +29,8 @@ from opsline.db import utcnow
 from opsline.migrate import upgrade
 from opsline.orders.models import Product
 from opsline.platform.context import Context, system_principal
+from opsline.platform.engine.enqueue import enqueue
+from opsline.platform.engine.models import jobs_table
 from opsline.platform.tenancy.models import Tenant
 from opsline.settings import Settings
 
@@ -39,7 +41,7 @@ def _settings(args: argparse.Namespace, var: Path) -> Settings:
     return Settings(
         var_dir=var,
         database_url=args.database_url,
-        secret_key=SECRET,  # type: ignore[arg-type]
+        secret_key=SECRET,
         bulk_max_records=10_000_000,
         bulk_batch_size=args.batch_size,
         log_level="WARNING",
@@ -101,6 +103,21 @@ def _worker(settings: Settings, concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _ready(runtime: object, worker: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Wait until the worker has run one (harmless) job: its start-up is not timed."""
+    db = runtime.db  # type: ignore[attr-defined]
+    job_id = enqueue(db, "bulk.purge_expired")
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.read() as session:
+            state = session.scalar(select(jobs_table.c.state).where(jobs_table.c.id == job_id))
+        if state == "succeeded":
+            return
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not start (job state {state})")
+        time.sleep(0.05)
+
+
 def _peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -137,7 +154,7 @@ def main() -> None:
     ctx = Context(runtime.db, settings, system_principal(tenant))
     worker = _worker(settings, args.concurrency)
     try:
-        time.sleep(1.5)
+        _ready(runtime, worker)
         body = BulkRequest(
             resource="products",
             action="update",

@@ -6,14 +6,18 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 
-from opsline.bulk.jobs import apply_chunk_job, start_scheduled
+from opsline.bulk.jobs import DEFER_SECONDS, apply_chunk_job, start_scheduled
 from opsline.bulk.models import BulkSnapshot
+from opsline.db import as_utc, utcnow
+from opsline.orders.models import Product
 from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.models import jobs_table
 from tests.bulk.conftest import Desk
 from tests.helpers import add_member, assert_problem, signup
 
@@ -53,7 +57,7 @@ def test_unknown_resource_field_operator_and_action_are_422(desk: Desk) -> None:
         in assert_problem(desk.post("/preview", {**body, "where": where}), 422)["detail"]
     )
     assert_problem(desk.post("/preview", {**body, "action": "drop_table"}), 422)
-    params = {"set": {"stock": 5}}
+    params: dict[str, dict[str, object]] = {"set": {"stock": 5}}
     assert (
         "cannot be set"
         in assert_problem(desk.post("/preview", {**body, "params": params}), 422)["detail"]
@@ -116,6 +120,30 @@ def test_redelivered_chunk_changes_nothing_twice(desk: Desk) -> None:
     with desk.runtime.db.read() as session:
         assert len(session.scalars(select(BulkSnapshot)).all()) == 1
     assert desk.get(f"/runs/{run['id']}").json()["processed"] == 6
+
+
+def test_records_gone_before_their_chunk_fail_once_with_a_reason(desk: Desk) -> None:
+    ids = desk.seed(6)  # prices 10.25 .. 15.25: only the first would go negative
+    run = desk.run(
+        {
+            "resource": "products",
+            "action": "update",
+            "ids": ids,
+            "params": {"adjust": {"price": "-11"}},
+        }
+    )
+    gone = [uuid.UUID(i) for i in ids[1:3]]
+    with desk.runtime.db.unit_of_work() as uow:
+        uow.session.execute(delete(Product).where(Product.id.in_(gone)))
+    apply_chunk_job(_job_ctx(desk), run_id=run["id"], chunk=0)
+    done = desk.get(f"/runs/{run['id']}").json()
+    assert (done["processed"], done["failed"]) == (3, 3)
+    failures = desk.get(f"/runs/{run['id']}/failures").json()["items"]
+    assert {f["record_id"]: f["reason"] for f in failures} == {
+        ids[0]: "price would be out of range",
+        ids[1]: "record no longer exists",
+        ids[2]: "record no longer exists",
+    }
 
 
 def test_cancel_mid_run_stops_pending_chunks_and_stays_cancelled(desk: Desk) -> None:
@@ -223,6 +251,33 @@ def test_schedule_list_reschedule_cancel_and_start(desk: Desk) -> None:
     gone = desk.client.delete(f"/api/v1/bulk/schedules/{other['id']}", headers=desk.owner.headers)
     assert gone.json()["status"] == "cancelled"
     assert_problem(desk.post("/schedules", {**body, "run_at": "2001-01-01T00:00:00Z"}), 422)
+
+
+def test_scheduled_run_waits_for_a_free_slot_under_the_concurrent_runs_limit(
+    desk: Desk, runtime: Any
+) -> None:
+    object.__setattr__(runtime.settings, "bulk_max_concurrent_runs", 1)
+    ids = desk.seed(4)
+    busy = desk.run({"resource": "products", "action": "archive", "ids": ids[:2]})
+    body = {"resource": "products", "action": "archive", "ids": ids[2:]}
+    scheduled = desk.post("/schedules", {**body, "run_at": "2099-01-01T00:00:00Z"}).json()
+    ctx = _job_ctx(desk)
+    asked = utcnow()
+    start_scheduled(ctx, run_id=scheduled["id"], at=scheduled["scheduled_at"])  # slot taken
+    assert desk.get(f"/runs/{scheduled['id']}").json()["status"] == "scheduled"
+    with runtime.db.read() as session:
+        starts = session.execute(
+            select(jobs_table.c.run_at, jobs_table.c.args).where(
+                jobs_table.c.name == "bulk.start_scheduled"
+            )
+        ).all()
+    retries = [j for j in starts if as_utc(j.run_at) < asked + timedelta(minutes=1)]
+    assert len(retries) == 1 and retries[0].args["run_id"] == scheduled["id"]
+    assert as_utc(retries[0].run_at) >= asked + timedelta(seconds=DEFER_SECONDS - 1)
+    assert_problem(desk.post("/runs", body), 429)  # as for a direct run
+    assert desk.post(f"/runs/{busy['id']}/cancel", {}).json()["status"] == "cancelled"
+    start_scheduled(ctx, run_id=scheduled["id"], at=scheduled["scheduled_at"])  # the retry
+    assert desk.get(f"/runs/{scheduled['id']}").json()["status"] == "running"
 
 
 def test_members_last_owner_is_refused_per_record(desk: Desk, worker: Any) -> None:

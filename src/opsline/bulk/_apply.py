@@ -2,8 +2,9 @@
 
 Order inside the transaction: record failures (missing records, failed
 checks, policy refusals) with ``INSERT ... SELECT``; capture the original
-values of the rest in SQL; one ``UPDATE`` (or ``DELETE``) of the rest; capture
-the new values (for undo's conflict check); store the encrypted snapshot.
+values of the rest in SQL; one ``UPDATE`` (or ``DELETE``) of the rest, whose
+``RETURNING`` captures the new values (for undo's conflict check); store the
+encrypted snapshot.
 Should the set-based statement hit a constraint (a row still referenced), the
 chunk falls back to one savepoint per record so only the offending records fail.
 """
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, delete, insert, literal, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,14 +68,24 @@ def record_failures(session: Session, ref: ChunkRef, source: Any, reason: str) -
     )
 
 
-def _mark_failures(session: Session, plan: Plan, ref: ChunkRef, principal: Principal) -> None:
+def _mark_missing(session: Session, plan: Plan, ref: ChunkRef) -> None:
+    """Record the chunk's records that are not (or no longer) stored as failures."""
     table = plan.resource.table
-    present = select(table.c.id).where(
-        table.c.id == I.record_id, table.c.tenant_id == ref.tenant_id
-    )
-    missing = chunk_ids(ref).where(~present.exists()).subquery()
-    record_failures(session, ref, missing, "record no longer exists")
-    base = and_(table.c.tenant_id == ref.tenant_id, table.c.id.in_(chunk_ids(ref)))
+    tenant = _sql.tenant_is(session, table, ref.tenant_id)
+    present = select(table.c.id).where(table.c.id == I.record_id, tenant)
+    missing = chunk_ids(ref).where(~present.exists(), I.record_id.not_in(failed_ids(ref)))
+    record_failures(session, ref, missing.subquery(), "record no longer exists")
+
+
+def _mark_failures(
+    session: Session, plan: Plan, ref: ChunkRef, principal: Principal, *, missing: bool
+) -> None:
+    """Record the records that must not change; ``missing``: look for vanished records too."""
+    if missing:
+        _mark_missing(session, plan, ref)
+    table = plan.resource.table
+    tenant = _sql.tenant_is(session, table, ref.tenant_id)
+    base = and_(tenant, table.c.id.in_(chunk_ids(ref)))
     for predicate, reason in plan.checks:
         source = (
             select(table.c.id.label("record_id"))
@@ -117,20 +128,34 @@ def apply_chunk(
     key: bytes,
     expires_at: datetime | None,
 ) -> Outcome:
-    """Apply ``plan`` to the chunk's records (caller holds the chunk guard)."""
-    _mark_failures(session, plan, ref, principal)
+    """Apply ``plan`` to the chunk's records (caller holds the chunk guard).
+
+    Every record of the chunk ends either processed or failed with a reason.
+    An ``UPDATE`` removes no record, so for updates vanished records are looked
+    for only when the counts show some are unaccounted for (rarely), after it.
+    """
+    late = plan.mode == "update"
+    _mark_failures(session, plan, ref, principal, missing=not late)
     table = plan.resource.table
     target = and_(
-        table.c.tenant_id == ref.tenant_id,
+        _sql.tenant_is(session, table, ref.tenant_id),
         table.c.id.in_(chunk_ids(ref)),
         table.c.id.not_in(failed_ids(ref)),
     )
     if plan.mode == "none":
-        done = len(session.execute(select(table.c.id).where(target)).all())
+        done = _count(session, select(table.c.id).where(target))
     else:
         done = _change(session, plan, ref, target, key, expires_at)
-    failed = len(session.execute(failed_ids(ref)).all())
+    failed = _count(session, failed_ids(ref))
+    if late and done + failed < _count(session, chunk_ids(ref)):
+        _mark_missing(session, plan, ref)
+        failed = _count(session, failed_ids(ref))
     return Outcome(processed=done, failed=failed)
+
+
+def _count(session: Session, ids: Any) -> int:
+    """How many rows the one-column ``ids`` query selects."""
+    return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
 
 
 def _change(
@@ -171,9 +196,7 @@ def _statement(
     if plan.mode == "delete":
         done = _sql.rowcount(session.execute(delete(table).where(target)))
         return before, b"[]", done
-    done = _sql.rowcount(session.execute(update(table).where(target).values(plan.changes)))
-    # ``target`` names records by chunk and failures only, so it still matches them.
-    after = _sql.capture(session, table, columns, target)
+    after, done = _sql.update_capturing(session, table, columns, target, plan.changes)
     return before, after, done
 
 

@@ -12,10 +12,24 @@ restored row is byte-identical to the original.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Table, Uuid, bindparam, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    String,
+    Table,
+    Text,
+    Uuid,
+    bindparam,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import literal_column
 
@@ -31,9 +45,7 @@ def capture(
 ) -> bytes:
     """A JSON array (text, as bytes) of ``{column: stored value}`` for the rows matching."""
     _check(columns)
-    pairs: list[Any] = []
-    for name in columns:
-        pairs += [literal_column(f"'{name}'"), table.c[name]]
+    pairs = _pairs(table, columns)
     if session.get_bind().dialect.name == "sqlite":
         agg = func.json_group_array(func.json_object(*pairs))
     else:
@@ -47,6 +59,64 @@ def capture(
     import orjson
 
     return orjson.dumps(value)
+
+
+def _pairs(table: Table, columns: Sequence[str]) -> list[Any]:
+    pairs: list[Any] = []
+    for name in columns:
+        pairs += [literal_column(f"'{name}'"), table.c[name]]
+    return pairs
+
+
+def update_capturing(
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    where: ColumnElement[bool],
+    changes: Mapping[str, ColumnElement[Any]],
+) -> tuple[bytes, int]:
+    """One ``UPDATE ... RETURNING``: the rows' new values as :func:`capture` gives them, and count.
+
+    Each row comes back as the same JSON object text :func:`capture` builds
+    (``json_object`` / ``json_build_object``), only joined into the array here,
+    so the result compares equal to a later :func:`capture` of unchanged rows.
+    """
+    _check(columns)
+    pairs = _pairs(table, columns)
+    if session.get_bind().dialect.name == "sqlite":
+        row = type_coerce(func.json_object(*pairs), String())
+    else:
+        row = type_coerce(sa_cast(func.json_build_object(*pairs), Text()), String())
+    stmt = update(table).where(where).values(changes).returning(row)
+    rows: list[str] = list(session.execute(stmt).scalars())
+    return ("[" + ",".join(rows) + "]").encode(), len(rows)
+
+
+def tenant_is(session: Session, table: Table, tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """``table.tenant_id = :tenant`` that never drives the plan on SQLite.
+
+    Chunk statements name their records by id (``id IN (chunk items)``); on
+    SQLite a plain tenant test makes the planner walk the tenant index, i.e.
+    every record of the tenant, for every chunk. Unary ``+`` keeps it as a
+    filter so the planner seeks each record by primary key.
+    """
+    column = table.c.tenant_id
+    if session.get_bind().dialect.name != "sqlite":
+        return column == tenant_id
+    plus = literal_column(f"+{_quote(session, table.name)}.tenant_id", type_=column.type)
+    return plus == tenant_id
+
+
+def storage_order(session: Session, table: Table) -> ColumnElement[Any]:
+    """The rows' physical position (SQLite ``rowid``, PostgreSQL ``ctid``).
+
+    Chunks numbered in this order hold neighbouring rows, so a chunk's
+    ``UPDATE`` dirties a few contiguous pages instead of pages all over the
+    table (ids are random UUIDs): every chunk would otherwise rewrite most of
+    the table into the write-ahead log at commit.
+    """
+    position = "rowid" if session.get_bind().dialect.name == "sqlite" else "ctid"
+    return literal_column(f"{_quote(session, table.name)}.{position}")
 
 
 def _quote(session: Session, name: str) -> str:

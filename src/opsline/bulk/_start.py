@@ -1,6 +1,7 @@
 """Starting a run: resolve the selection once into numbered items, then one batch of chunk jobs.
 
-The selection is copied with one ``INSERT ... SELECT`` numbering records by id
+The selection is copied with one ``INSERT ... SELECT`` numbering records in
+storage order (neighbouring rows share a chunk, see :func:`_sql.storage_order`)
 into chunks of ``batch_size`` (``row_number()``), in the transaction that
 creates the batch, so records created later are never touched and every
 chunk job knows exactly its records.
@@ -14,7 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import Integer, cast, func, insert, literal, select
 
-from opsline.bulk import events
+from opsline.bulk import _sql, events
 from opsline.bulk._runs import announce, event_fields
 from opsline.bulk._selection import selection_clause
 from opsline.bulk.errors import BulkLimitExceeded
@@ -36,7 +37,8 @@ def resolve_selection(uow: UnitOfWork, run: BulkRun, resource: Resource) -> int:
     table = resource.table
     ids = [uuid.UUID(i) for i in run.record_ids] if run.record_ids is not None else None
     clause = selection_clause(resource, run.tenant_id, run.filters, ids)
-    number = func.row_number().over(order_by=table.c.id) - 1
+    position = _sql.storage_order(uow.session, table)
+    number = func.row_number().over(order_by=position) - 1
     chosen = select(
         literal(run.id, items_table.c.run_id.type).label("run_id"),
         cast(number // run.batch_size, Integer).label("chunk"),

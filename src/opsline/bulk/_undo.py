@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from opsline.bulk import _crypto, _sql
-from opsline.bulk._apply import ChunkRef, Outcome
+from opsline.bulk._apply import ChunkRef, Outcome, chunk_ids
 from opsline.bulk.models import failures_table, snapshots_table
 from opsline.platform.resources import Resource
 
@@ -81,8 +81,8 @@ def _updated_to_restore(
     before: list[dict[str, Any]] = snapshot["b"]
     after = {str(r["id"]): r for r in snapshot["a"]}
     table = resource.table
-    ids = [uuid.UUID(str(r["id"])) for r in before]
-    where = (table.c.tenant_id == original.tenant_id) & table.c.id.in_(ids)
+    # The chunk's selected records (a superset of ``before``): no id list as parameters.
+    where = _sql.tenant_is(session, table, original.tenant_id) & table.c.id.in_(chunk_ids(original))
     current = {
         str(r["id"]): r for r in orjson.loads(_sql.capture(session, table, list(before[0]), where))
     }

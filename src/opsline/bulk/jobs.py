@@ -31,6 +31,7 @@ from opsline.db import UnitOfWork, as_utc, utcnow
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Principal
 from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.enqueue import enqueue
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.models import Batch
 from opsline.platform.engine.registry import job
@@ -40,6 +41,8 @@ from opsline.platform.resources import find_resource
 log = structlog.get_logger(__name__)
 C = chunks_table.c
 R = runs_table.c
+DEFER_SECONDS = 5.0
+"""Delay before a scheduled run held back by the concurrent-runs limit tries again."""
 
 
 class _RunGone(Exception):
@@ -145,12 +148,21 @@ def finish_run(ctx: JobContext, batch_id: uuid.UUID, run_id: uuid.UUID) -> None:
 
 @job("bulk.start_scheduled", max_attempts=5)
 def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
-    """Start a scheduled run when due; a job for an older time (rescheduled) does nothing."""
+    """Start a scheduled run when due; a job for an older time (rescheduled) does nothing.
+
+    The tenant's concurrent-runs limit holds as for direct runs: when the
+    tenant already has ``bulk_max_concurrent_runs`` running, the run stays
+    ``scheduled`` and this job is queued again ``DEFER_SECONDS`` later (same
+    ``at``, so a reschedule meanwhile still makes it a no-op).
+    """
     with ctx.unit_of_work() as uow:
         run = _runs.lock_run(uow.session, run_id)
         if run is None or run.status != "scheduled" or run.scheduled_at is None:
             return
         if abs((as_utc(run.scheduled_at) - as_utc(at)).total_seconds()) > 0.001:
+            return
+        if _runs.count_active(uow.session, run.tenant_id) >= ctx.settings.bulk_max_concurrent_runs:
+            _defer(uow, run, at)
             return
         resource = find_resource(run.resource)
         now = utcnow()
@@ -165,6 +177,18 @@ def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
             run.status, run.finished_at = "failed", now
             run.error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"[:500]
             publish(uow, events.BulkActionFailed(**_runs.event_fields(run), error=run.error))
+
+
+def _defer(uow: UnitOfWork, run: BulkRun, at: datetime) -> None:
+    """Try the scheduled start again later: the tenant is at its concurrent-runs limit."""
+    log.info("bulk_scheduled_run_deferred", run_id=str(run.id), delay_s=DEFER_SECONDS)
+    enqueue(
+        uow,
+        start_scheduled,
+        {"run_id": run.id, "at": at},
+        tenant_id=run.tenant_id,
+        delay=DEFER_SECONDS,
+    )
 
 
 @periodic("17 * * * *")
