@@ -127,6 +127,12 @@ class Database:
             # attributes readable on the now detached objects.
             session.close()
 
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A read-only Core connection (no ORM session) for hot lookups."""
+        with self._read_engine.connect() as conn:
+            yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -136,12 +142,25 @@ class UnitOfWork:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._connection: Connection | None = None
         self._after_commit: list[Callable[[], None]] = []
         self._committed = False
         self.info: dict[str, Any] = {}
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for Core statements on hot paths.
+
+        Statements run here skip the ORM's execution layer. Pending ORM objects
+        are flushed first, as the session's autoflush would.
+        """
+        self.session.flush()
+        if self._connection is None:
+            self._connection = self.session.connection()
+        return self._connection
 
     def flush(self) -> None:
         self.session.flush()
@@ -153,6 +172,7 @@ class UnitOfWork:
     def rollback(self) -> None:
         """Undo everything so far, side effects included; the unit stays usable."""
         self.session.rollback()
+        self._connection = None
         self._after_commit.clear()
         self.info.clear()
 

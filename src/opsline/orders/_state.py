@@ -8,10 +8,11 @@ read-then-write window. The loser learns the current state and gets a 409.
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, insert, select, update
 
 from opsline.db import UnitOfWork, utcnow
 from opsline.orders._live import push_after_commit
@@ -42,25 +43,51 @@ def is_allowed(source: OrderStatus, target: OrderStatus) -> bool:
     return (source, target) in TRANSITIONS
 
 
+_INSERT_CHANGE = insert(changes_table).returning(changes_table.c.seq)
+
+
 def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     """Append to the status log and push the change to live subscribers after commit.
 
     ``order`` is anything with the order's columns as attributes (a row or a model).
     """
-    seq = uow.session.execute(
-        insert(changes_table)
-        .values(
-            tenant_id=order.tenant_id,
-            user_id=order.user_id,
-            order_id=order.id,
-            status=status.value,
-            total=order.total,
-            currency=order.currency,
-            at=order.updated_at,
-        )
-        .returning(changes_table.c.seq)
+    seq = uow.connection.execute(
+        _INSERT_CHANGE,
+        {
+            "tenant_id": order.tenant_id,
+            "user_id": order.user_id,
+            "order_id": order.id,
+            "status": status.value,
+            "total": order.total,
+            "currency": order.currency,
+            "at": order.updated_at,
+        },
     ).scalar_one()
     push_after_commit(uow, seq, order, status.value)
+
+
+# Column expressions a transition may set (module constants, so statements cache).
+NEXT_PAYMENT_ATTEMPT = orders_table.c.payment_attempt + 1
+_EXPRESSIONS: dict[str, ColumnElement[Any]] = {"payment_attempt": NEXT_PAYMENT_ATTEMPT}
+
+
+@functools.cache
+def _transition_statement(value_params: tuple[str, ...], expressions: tuple[str, ...]) -> Any:
+    """The guarded UPDATE for one shape of values, built once per shape."""
+    cols = orders_table.c
+    names = ("v_status", "v_updated_at", *value_params)
+    values: dict[str, Any] = {name.removeprefix("v_"): bindparam(name) for name in names}
+    values.update({key: _EXPRESSIONS[key] for key in expressions})
+    return (
+        update(orders_table)
+        .where(
+            cols.id == bindparam("b_id"),
+            cols.tenant_id == bindparam("b_tenant_id"),
+            cols.status == bindparam("b_source"),
+        )
+        .values(**values)
+        .returning(*orders_table.c)
+    )
 
 
 def transition(
@@ -74,16 +101,26 @@ def transition(
 ) -> Row[Any] | None:
     """Move an order from ``source`` to ``target``; None when it was not in ``source``.
 
-    Also appends the change to the status log in the same transaction.
+    Also appends the change to the status log in the same transaction. ``values``
+    are further columns to set: plain values, or one of the expressions above.
     """
     if not is_allowed(source, target):
         raise InvalidTransition(f"an order cannot go from {source} to {target}")
-    cols = orders_table.c
-    row = uow.session.execute(
-        update(orders_table)
-        .where(cols.id == order_id, cols.tenant_id == tenant_id, cols.status == source.value)
-        .values(status=target.value, updated_at=utcnow(), **values)
-        .returning(*orders_table.c)
+    expressions = tuple(sorted(k for k, v in values.items() if isinstance(v, ColumnElement)))
+    if any(values[k] is not _EXPRESSIONS.get(k) for k in expressions):
+        raise ValueError(f"a transition sets columns to values or to {sorted(_EXPRESSIONS)}")
+    params = {f"v_{k}": v for k, v in values.items() if k not in expressions}
+    stmt = _transition_statement(tuple(sorted(params)), expressions)
+    row = uow.connection.execute(
+        stmt,
+        {
+            **params,
+            "b_id": order_id,
+            "b_tenant_id": tenant_id,
+            "b_source": source.value,
+            "v_status": target.value,
+            "v_updated_at": utcnow(),
+        },
     ).first()
     if row is None:
         return None

@@ -10,36 +10,56 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from opsline.db import utcnow
 from opsline.orders.errors import InsufficientStock
-from opsline.orders.models import OrderLine, Product, products_table
+from opsline.orders.models import Product, lines_table, products_table
 
 P = products_table.c
+L = lines_table.c
+_TAKE = (
+    update(products_table)
+    .where(
+        P.id == bindparam("b_id"),
+        P.tenant_id == bindparam("b_tenant_id"),
+        P.stock >= bindparam("b_quantity"),
+    )
+    .values(stock=P.stock - bindparam("b_quantity"), updated_at=bindparam("b_now"))
+)
 
 
-def take(session: Session, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, int]) -> None:
+def take(
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    quantities: Mapping[uuid.UUID, int],
+    *,
+    now: datetime | None = None,
+) -> None:
     """Decrement every product or none; raises InsufficientStock naming each short product.
 
     Must run inside a transaction the caller rolls back on error (a savepoint
     or the unit of work), since earlier decrements stand until then.
     """
+    now = now or utcnow()
     for product_id in sorted(quantities):
         quantity = quantities[product_id]
-        result = session.execute(
-            update(products_table)
-            .where(P.id == product_id, P.tenant_id == tenant_id, P.stock >= quantity)
-            .values(stock=P.stock - quantity, updated_at=utcnow())
+        result = conn.execute(
+            _TAKE,
+            {"b_id": product_id, "b_tenant_id": tenant_id, "b_quantity": quantity, "b_now": now},
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise _shortage(session, tenant_id, quantities, product_id)
+        if result.rowcount != 1:
+            raise _shortage(conn, tenant_id, quantities, product_id)
 
 
 def _shortage(
-    session: Session, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, int], failed: uuid.UUID
+    session: Session | Connection,
+    tenant_id: uuid.UUID,
+    quantities: Mapping[uuid.UUID, int],
+    failed: uuid.UUID,
 ) -> InsufficientStock:
     # Decrements made so far in this transaction are added back to report what
     # is really available to this order.
@@ -65,17 +85,25 @@ def _shortage(
     return InsufficientStock(f"not enough stock for {names or 'some products'}", short=short)
 
 
-def give_back(session: Session, tenant_id: uuid.UUID, order_id: uuid.UUID) -> None:
+_LINES = (
+    select(L.product_id, L.quantity)
+    .where(L.order_id == bindparam("order_id"), L.tenant_id == bindparam("tenant_id"))
+    .order_by(L.product_id)
+)
+_GIVE_BACK = (
+    update(products_table)
+    .where(P.id == bindparam("b_id"), P.tenant_id == bindparam("b_tenant_id"))
+    .values(stock=P.stock + bindparam("b_quantity"), updated_at=bindparam("b_now"))
+)
+
+
+def give_back(conn: Connection, tenant_id: uuid.UUID, order_id: uuid.UUID) -> None:
     """Return an order's quantities to stock. The caller's transition guard makes
     this run at most once per order."""
-    lines = session.execute(
-        select(OrderLine.product_id, OrderLine.quantity)
-        .where(OrderLine.order_id == order_id, OrderLine.tenant_id == tenant_id)
-        .order_by(OrderLine.product_id)
-    ).all()
+    lines = conn.execute(_LINES, {"order_id": order_id, "tenant_id": tenant_id}).all()
+    now = utcnow()
     for product_id, quantity in lines:
-        session.execute(
-            update(products_table)
-            .where(P.id == product_id, P.tenant_id == tenant_id)
-            .values(stock=P.stock + quantity, updated_at=utcnow())
+        conn.execute(
+            _GIVE_BACK,
+            {"b_id": product_id, "b_tenant_id": tenant_id, "b_quantity": quantity, "b_now": now},
         )

@@ -13,16 +13,16 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from opsline.db import UnitOfWork, utcnow
 from opsline.orders import _stock
-from opsline.orders._state import OrderStatus, transition
+from opsline.orders._state import NEXT_PAYMENT_ATTEMPT, OrderStatus, transition
 from opsline.orders.events import OrderFailed, OrderPaid
 from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
-from opsline.orders.models import Order, PaymentAttempt, orders_table
+from opsline.orders.models import Order, attempts_table, orders_table
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.registry import RetryPolicy, job
@@ -65,6 +65,21 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
     return _finish(ctx, tenant_id, order_id, reference, result)
 
 
+_O = orders_table.c
+_A = attempts_table.c
+# Built once: a statement object reused keeps its compiled form and cache key.
+_ORDER = select(orders_table).where(
+    _O.id == bindparam("order_id"), _O.tenant_id == bindparam("tenant_id")
+)
+_RECORD_ATTEMPT = {
+    name: factory(attempts_table).on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
+    for name, factory in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_ATTEMPT_OUTCOME = update(attempts_table).where(
+    _A.tenant_id == bindparam("b_tenant_id"), _A.reference == bindparam("b_reference")
+)
+
+
 def _start_processing(
     ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID
 ) -> tuple[Any, str] | None:
@@ -77,13 +92,11 @@ def _start_processing(
             source=OrderStatus.PENDING,
             target=OrderStatus.PROCESSING,
             processing_started_at=utcnow(),
-            payment_attempt=Order.payment_attempt + 1,
+            payment_attempt=NEXT_PAYMENT_ATTEMPT,
         )
         if order is None:
-            order = uow.session.execute(
-                select(orders_table).where(
-                    orders_table.c.id == order_id, orders_table.c.tenant_id == tenant_id
-                )
+            order = uow.connection.execute(
+                _ORDER, {"order_id": order_id, "tenant_id": tenant_id}
             ).first()
             if order is None or order.status != OrderStatus.PROCESSING.value:
                 return None  # cancelled, finished, or gone: nothing to charge
@@ -101,13 +114,8 @@ def _record_attempt(uow: UnitOfWork, order: Any, reference: str) -> None:
         "reference": reference,
         "created_at": utcnow(),
     }
-    dialect = uow.session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    uow.session.execute(
-        insert(PaymentAttempt)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
-    )
+    conn = uow.connection
+    conn.execute(_RECORD_ATTEMPT[conn.dialect.name], values)
 
 
 def _finish(
@@ -115,10 +123,15 @@ def _finish(
 ) -> str:
     paid = result.outcome is ChargeOutcome.SUCCEEDED
     with ctx.unit_of_work() as uow:
-        uow.session.execute(
-            update(PaymentAttempt)
-            .where(PaymentAttempt.tenant_id == tenant_id, PaymentAttempt.reference == reference)
-            .values(outcome=result.outcome.value, detail=result.detail, finished_at=utcnow())
+        uow.connection.execute(
+            _ATTEMPT_OUTCOME,
+            {
+                "b_tenant_id": tenant_id,
+                "b_reference": reference,
+                "outcome": result.outcome.value,
+                "detail": result.detail,
+                "finished_at": utcnow(),
+            },
         )
         if paid:
             return _mark_paid(uow, tenant_id, order_id, reference)
@@ -163,7 +176,7 @@ def _mark_failed(uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, rea
     )
     if order is None:
         return "already settled"
-    _stock.give_back(uow.session, tenant_id, order_id)
+    _stock.give_back(uow.connection, tenant_id, order_id)
     publish(
         uow,
         OrderFailed(tenant_id=tenant_id, order_id=order_id, user_id=order.user_id, reason=reason),

@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -243,8 +243,9 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
         "created_at": now,
         "updated_at": now,
     }
-    uow.session.execute(insert(orders_table).values(**order))
-    uow.session.execute(insert(lines_table), lines)
+    conn = uow.connection
+    conn.execute(_INSERT_ORDER, order)
+    conn.execute(_INSERT_LINES, lines)
     record_status(uow, SimpleNamespace(**order), OrderStatus.PENDING)
     capture_payment.enqueue(uow, tenant_id=ctx.tenant_id, order_id=order_id)
     publish(
@@ -261,7 +262,7 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
     # Stock last: on PostgreSQL the hot product rows stay locked only for the
     # decrements and the commit, not for the inserts above. A shortage rolls
     # everything back.
-    _stock.take(uow.session, ctx.tenant_id, quantities)
+    _stock.take(conn, ctx.tenant_id, quantities, now=now)
     return _order_body(order, lines)
 
 
@@ -279,17 +280,23 @@ def _order_body(order: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str,
     return out.model_dump(mode="json")
 
 
+_P = products_table.c
+# Built once: a statement object reused keeps its compiled form and cache key.
+_INSERT_ORDER = insert(orders_table)
+_INSERT_LINES = insert(lines_table)
+_ORDERABLE = select(_P.id, _P.sku, _P.name, _P.price, _P.currency).where(
+    _P.tenant_id == bindparam("tenant_id"),
+    _P.id.in_(bindparam("ids", expanding=True)),
+    _P.deleted_at.is_(None),
+    _P.archived_at.is_(None),
+)
+
+
 def _products_for(
     uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
 ) -> dict[uuid.UUID, Any]:
-    P = products_table.c
-    found = uow.session.execute(
-        select(P.id, P.sku, P.name, P.price, P.currency).where(
-            P.tenant_id == ctx.tenant_id,
-            P.id.in_(list(quantities)),
-            P.deleted_at.is_(None),
-            P.archived_at.is_(None),
-        )
+    found = uow.connection.execute(
+        _ORDERABLE, {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
     ).all()
     products = {p.id: p for p in found}
     missing = [str(pid) for pid in quantities if pid not in products]
@@ -389,7 +396,7 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
             failure_reason=reason,
         )
         # The winning transition is the only one that restores stock.
-        _stock.give_back(uow.session, ctx.tenant_id, order_id)
+        _stock.give_back(uow.connection, ctx.tenant_id, order_id)
         publish(
             uow,
             OrderCancelled(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from opsline.settings import Settings
 
 ALGORITHM = "HS256"
 ISSUER = "opsline"
+VERIFIED_CACHE_SIZE = 10_000
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # A hash to verify against when the user does not exist, so that a login for
@@ -98,6 +100,8 @@ class TokenSigner:
         for old in settings.previous_secrets:
             key = _derive(old, "jwt")
             self._keys.setdefault(_kid(key), key)
+        self._verified: dict[str, AccessClaims] = {}
+        self._verified_lock = threading.Lock()
 
     def issue(self, *, user_id: uuid.UUID, tenant_id: uuid.UUID, session_id: uuid.UUID) -> str:
         now = utcnow()
@@ -114,6 +118,22 @@ class TokenSigner:
         return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": self._current_kid})
 
     def verify(self, token: str) -> AccessClaims:
+        """The token's claims if its signature, issuer and expiry hold.
+
+        A token already verified is answered from a bounded cache until it
+        expires: its bytes cannot change, so neither can the signature check.
+        """
+        claims = self._verified.get(token)
+        if claims is not None and claims.expires_at > utcnow():
+            return claims
+        claims = self._verify(token)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

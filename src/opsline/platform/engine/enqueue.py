@@ -13,6 +13,7 @@ it, so concurrent enqueues of one key yield one job on both backends.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,7 +76,7 @@ def enqueue_many(
     rows = build_rows(specs, batch_id=batch_id)
     if isinstance(target, Database):
         return _enqueue_direct(target, rows)
-    ids = insert_rows(target.session, rows)
+    ids = insert_rows(target.connection, rows)
     _after_enqueue(target, rows)
     return ids
 
@@ -147,7 +148,7 @@ def insert_rows(executor: Executor, rows: Sequence[dict[str, Any]]) -> list[int]
     Fair virtual time: a tenant's new job goes after that tenant's pending jobs
     in its queue but no later than the head of the queue, so tenants alternate.
     """
-    if len(rows) == 1 and rows[0]["state"] == "available" and rows[0]["unique_key"] is None:
+    if len(rows) == 1 and rows[0]["state"] == "available":
         return [_insert_fair(executor, rows[0])]
     _assign_vtimes(executor, rows)
     ids: list[int] = []
@@ -207,26 +208,37 @@ _START = select(func.coalesce(_TAIL, _HEAD.scalar_subquery(), 0))
 _START_SYSTEM = select(func.coalesce(_TAIL_SYSTEM, _HEAD.scalar_subquery(), 0))
 
 
-_INSERT_FAIR = (
-    insert(jobs_table)
-    .values(vtime=func.coalesce(_TAIL, _HEAD.scalar_subquery(), 0))
-    .returning(J.id)
-)
-_INSERT_FAIR_SYSTEM = (
-    insert(jobs_table)
-    .values(vtime=func.coalesce(_TAIL_SYSTEM, _HEAD.scalar_subquery(), 0))
-    .returning(J.id)
-)
+@functools.cache
+def _fair_insert(dialect: str, *, system: bool, unique: bool) -> Any:
+    """One statement (one round trip on PostgreSQL): the row with its fair vtime,
+    and for a unique job nothing (no id returned) while one with its key is pending."""
+    tail = _TAIL_SYSTEM if system else _TAIL
+    factory = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = factory(jobs_table).values(vtime=func.coalesce(tail, _HEAD.scalar_subquery(), 0))
+    if unique:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
+    return stmt.returning(J.id)
 
 
 def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
-    """One statement (one round trip on PostgreSQL): the row with its fair vtime."""
     params = {k: v for k, v in row.items() if k != "vtime"}
     params["q"] = row["queue"]
-    if row["tenant_id"] is None:
-        return int(executor.execute(_INSERT_FAIR_SYSTEM, params).scalar_one())
-    params["t"] = row["tenant_id"]
-    return int(executor.execute(_INSERT_FAIR, params).scalar_one())
+    system = row["tenant_id"] is None
+    if not system:
+        params["t"] = row["tenant_id"]
+    unique = row["unique_key"] is not None
+    stmt = _fair_insert(_dialect(executor), system=system, unique=unique)
+    inserted = executor.execute(stmt, params).scalar_one_or_none()
+    if inserted is not None:
+        return int(inserted)
+    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
+    return int(existing)
+
+
+def _dialect(executor: Executor) -> str:
+    if isinstance(executor, Session):
+        return executor.get_bind().dialect.name
+    return executor.dialect.name
 
 
 def _start_vtime(executor: Executor, queue: str, tenant_id: uuid.UUID | None) -> int:
@@ -235,22 +247,22 @@ def _start_vtime(executor: Executor, queue: str, tenant_id: uuid.UUID | None) ->
     return int(executor.execute(_START, {"q": queue, "t": tenant_id}).scalar_one())
 
 
+_INSERT_UNIQUE = {
+    name: factory(jobs_table)
+    .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
+    .returning(J.id)
+    for name, factory in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_PENDING_BY_KEY = select(J.id).where(
+    J.unique_key == bindparam("unique_key"), J.state.in_(PENDING_STATES)
+)
+
+
 def _insert_unique(executor: Executor, row: dict[str, Any]) -> int:
-    dialect = (
-        executor.get_bind().dialect.name if isinstance(executor, Session) else executor.dialect.name
-    )
-    factory = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = (
-        factory(jobs_table)
-        .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
-        .returning(J.id)
-    )
-    inserted = executor.execute(stmt, row).scalar_one_or_none()
+    inserted = executor.execute(_INSERT_UNIQUE[_dialect(executor)], row).scalar_one_or_none()
     if inserted is not None:
         return int(inserted)
-    existing = executor.execute(
-        select(J.id).where(J.unique_key == row["unique_key"], J.state.in_(PENDING_STATES))
-    ).scalar_one()
+    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
     return int(existing)
 
 

@@ -148,12 +148,15 @@ def listened_type(listener_name: str) -> str:
     raise LookupError(f"job {listener_name!r} is not an event listener")
 
 
+_INSERT_EVENT = insert(events_table)
+
+
 def publish(uow: UnitOfWork, *events: Event) -> None:
     """Store ``events`` in the log and enqueue their listeners, in ``uow``'s transaction."""
     if not events:
         return
-    uow.session.execute(
-        insert(events_table),
+    uow.connection.execute(
+        _INSERT_EVENT,
         [
             {
                 "id": e.id,

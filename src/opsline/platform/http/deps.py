@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from opsline.db import utcnow
 from opsline.platform.auth.models import ApiKey, AuthSession, User
@@ -74,24 +74,36 @@ def principal_from_credentials(
     raise Unauthorized("send an access token")
 
 
+_memberships, _users, _sessions = (
+    cast(Table, model.__table__) for model in (Membership, User, AuthSession)
+)
+_M, _U, _S = _memberships.c, _users.c, _sessions.c
+# The role of a live login, checked on every request: a logout, a revoked
+# session, a deactivated user or a removed membership takes effect at once.
+_LIVE_ROLE = (
+    select(_M.role)
+    .join(_users, _U.id == _M.user_id)
+    .join(_sessions, _S.user_id == _U.id)
+    .where(
+        _M.tenant_id == bindparam("tenant_id"),
+        _M.user_id == bindparam("user_id"),
+        _U.is_active.is_(True),
+        _S.id == bindparam("sid"),
+        _S.tenant_id == bindparam("tenant_id"),
+        _S.revoked_at.is_(None),
+    )
+)
+
+
 def _principal_from_token(runtime: Runtime, token: str) -> Principal:
     try:
         claims = runtime.tokens.verify(token)
     except TokenError as exc:
         raise Unauthorized(str(exc)) from None
-    with runtime.db.read() as session:
-        row = session.execute(
-            select(Membership.role)
-            .join(User, User.id == Membership.user_id)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(
-                Membership.tenant_id == claims.tenant_id,
-                Membership.user_id == claims.user_id,
-                User.is_active.is_(True),
-                AuthSession.id == claims.session_id,
-                AuthSession.tenant_id == claims.tenant_id,
-                AuthSession.revoked_at.is_(None),
-            )
+    with runtime.db.read_connection() as conn:
+        row = conn.execute(
+            _LIVE_ROLE,
+            {"tenant_id": claims.tenant_id, "user_id": claims.user_id, "sid": claims.session_id},
         ).first()
     if row is None:
         raise Unauthorized("session ended or membership revoked; log in again")

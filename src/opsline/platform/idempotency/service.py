@@ -23,10 +23,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from opsline.db import Database, UnitOfWork, utcnow
@@ -40,6 +40,8 @@ MAX_KEY_LENGTH = 255
 LOCK_WAIT_MS = 250
 
 K = IdempotencyKey
+_INSERT_KEY = insert(cast(Table, IdempotencyKey.__table__))
+_LOCK_TIMEOUT = text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'")
 
 
 class KeyInFlight(Conflict):
@@ -133,23 +135,24 @@ def _claim(
     status: int,
     body: dict[str, Any],
 ) -> None:
-    session = uow.session
-    is_pg = session.get_bind().dialect.name == "postgresql"
-    if is_pg:
-        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
+    conn = uow.connection
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_TIMEOUT)
+    now = utcnow()
     try:
-        session.execute(
-            insert(K).values(
-                id=uuid.uuid4(),
-                tenant_id=ctx.tenant_id,
-                principal=ctx.principal.subject,
-                key=key,
-                fingerprint=request_fingerprint,
-                response_status=status,
-                response_body=body,
-                created_at=utcnow(),
-                expires_at=utcnow() + TTL,
-            )
+        conn.execute(
+            _INSERT_KEY,
+            {
+                "id": uuid.uuid4(),
+                "tenant_id": ctx.tenant_id,
+                "principal": ctx.principal.subject,
+                "key": key,
+                "fingerprint": request_fingerprint,
+                "response_status": status,
+                "response_body": body,
+                "created_at": now,
+                "expires_at": now + TTL,
+            },
         )
     except OperationalError as exc:
         if "lock timeout" in str(exc.orig).lower() or "55P03" in str(
