@@ -64,10 +64,10 @@ def verify(settings: Settings, token: str | None, fp: bytes) -> str | None:
     if not token:
         return "missing"
     head, _, sig = token.partition(".")
-    if not head.isdigit() or not sig:
+    if not head.isascii() or not head.isdigit() or len(head) > 12 or not sig.isascii():
         return "malformed"
     expires = int(head)
-    if not hmac.compare_digest(sig, _sign(settings, expires, fp)):
+    if not hmac.compare_digest(sig.encode(), _sign(settings, expires, fp).encode()):
         return "for a different selection or parameters"
     if expires < time.time():
         return "expired"

@@ -25,6 +25,7 @@ from opsline.bulk.schemas import (
     RescheduleRequest,
     ResourceOut,
     RunOut,
+    RunStatus,
     ScheduleRequest,
     UndoRequest,
 )
@@ -115,7 +116,7 @@ def execute(body: BulkRequest, ctx: BulkCtx, request: Request) -> RunOut:
 def list_runs(
     ctx: BulkCtx,
     page: PageDep,
-    status: Annotated[str | None, Query(max_length=24)] = None,
+    status: RunStatus | None = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     resource: Annotated[str | None, Query(max_length=64)] = None,
     kind: Literal["action", "undo"] | None = None,

@@ -110,7 +110,13 @@ def _as_utc_time(run_at: datetime, timezone: str | None) -> datetime:
             "run_at needs an offset or a timezone",
             errors=[{"loc": ["body", "run_at"], "msg": "naive time without timezone"}],
         )
-    at = as_utc(run_at)
+    try:
+        at = as_utc(run_at)
+    except OverflowError:
+        raise InvalidBulkRequest(
+            "run_at is out of range",
+            errors=[{"loc": ["body", "run_at"], "msg": "out of range"}],
+        ) from None
     if at <= utcnow():
         raise InvalidBulkRequest(
             "run_at must be in the future",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -13,6 +13,8 @@ from sqlalchemy import ColumnElement, and_, false, or_
 
 FieldKind = Literal["str", "int", "decimal", "bool", "datetime", "uuid", "enum"]
 Value = str | int | Decimal | bool | datetime | uuid.UUID | None
+# A signed 64-bit integer: what every supported database can bind and compare.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +112,12 @@ def _int(field: Field, value: object) -> Value:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{field.name} must be an integer")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValueError(f"{field.name} must be an integer") from None
+    if not INT_MIN <= number <= INT_MAX:
+        raise ValueError(f"{field.name} must be between {INT_MIN} and {INT_MAX}")
+    return number
 
 
 def _decimal(field: Field, value: object) -> Value:
@@ -144,7 +149,10 @@ def _datetime(field: Field, value: object) -> Value:
         raise ValueError(f"{field.name} must be an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{field.name} needs a time zone offset")
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{field.name} is out of range") from None
 
 
 def _uuid(field: Field, value: object) -> Value:
