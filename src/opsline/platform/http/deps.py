@@ -34,7 +34,8 @@ _bearer = HTTPBearer(auto_error=False, description="Access token from /api/v1/au
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="A tenant API key")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI would run a plain function in the thread pool (a hop per request).
     runtime: Runtime = request.app.state.runtime
     return runtime
 

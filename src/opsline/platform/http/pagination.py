@@ -114,7 +114,7 @@ class PageParams(BaseModel):
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
-def page_params(
+async def page_params(  # async: no thread-pool hop for two query parameters
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
