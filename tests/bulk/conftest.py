@@ -17,7 +17,10 @@ from sqlalchemy import insert, select, text
 from opsline.db import utcnow
 from opsline.orders.models import Product
 from opsline.platform.runtime import Runtime
+from tests.bulk._widgets import widget_table
 from tests.helpers import Account, signup
+
+__all__ = ["widget_table"]
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 

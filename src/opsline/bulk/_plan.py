@@ -54,7 +54,11 @@ def build_plan(resource: Resource, action: str, params: dict[str, Any], *, now: 
         raise _invalid(f"unknown action {action!r} for {resource.name}; use one of {allowed}")
     custom = resource.custom(action)
     if custom is not None:
-        plan = Plan(resource, action, "update", dict(custom.changes(resource.table, params)))
+        try:
+            changes = dict(custom.changes(resource.table, params))
+        except ValueError as exc:
+            raise _invalid(f"{action}: {exc}", "params") from None
+        plan = Plan(resource, action, "update", changes, values=dict(params))
     elif action == "update":
         plan = _update_plan(resource, params)
     elif action == "export":

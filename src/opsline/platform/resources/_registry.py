@@ -103,7 +103,7 @@ class Resource:
                 continue
             if action in ("soft_delete", "restore") and not self.deleted_column:
                 continue
-            if action == "hard_delete" and self.hard_delete == "never":
+            if action == "hard_delete" and not self.offers_hard_delete():
                 continue
             if action == "update" and not any(f.settable or f.adjustable for f in self.fields):
                 continue
@@ -111,6 +111,12 @@ class Resource:
                 continue
             offered.append(action)
         return offered + [a.name for a in self.custom_actions]
+
+    def offers_hard_delete(self) -> bool:
+        """``soft_deleted_only`` needs a soft-delete column to tell which records qualify."""
+        if self.hard_delete == "soft_deleted_only":
+            return self.deleted_column is not None
+        return self.hard_delete == "any"
 
     def permission_for(self, action: str) -> str | None:
         custom = self.custom(action)
