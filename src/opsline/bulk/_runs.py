@@ -97,6 +97,7 @@ def to_out(run: BulkRun) -> RunOut:
     done = run.processed + run.failed
     return RunOut(
         id=run.id,
+        tenant_id=run.tenant_id,
         kind=run.kind,
         status=run.status,
         resource=run.resource,
@@ -115,6 +116,7 @@ def to_out(run: BulkRun) -> RunOut:
         undone_by=run.undone_by,
         undo_expires_at=run.undo_expires_at,
         actor=run.actor,
+        actor_role=run.actor_role,
         ip=run.ip,
         user_agent=run.user_agent,
         error=run.error,

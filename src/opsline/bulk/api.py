@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Literal
 
 import orjson
@@ -132,6 +132,34 @@ def list_runs(
     )
 
 
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/pdf": {}}}},
+    summary="Download the audit log of runs and undos",
+)
+def export_audit(
+    ctx: BulkCtx,
+    format: ExportFormat = "csv",
+    status: RunStatus | None = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    resource: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Literal["action", "undo"] | None = None,
+) -> StreamingResponse:
+    name, stream = service.export_audit(
+        ctx, format, status=status, action=action, resource=resource, kind=kind
+    )
+    return _download(name, format, stream)
+
+
+def _download(name: str, fmt: str, stream: Iterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        stream,
+        media_type=service.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
 @router.get("/runs/{run_id}", response_model=RunOut)
 def get_run(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
     return service.get_run(ctx, run_id)
@@ -168,11 +196,7 @@ def undo_status(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
 )
 def export(run_id: uuid.UUID, ctx: BulkCtx, format: ExportFormat = "csv") -> StreamingResponse:
     name, stream = service.export_run(ctx, run_id, format)
-    return StreamingResponse(
-        stream,
-        media_type=service.MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return _download(name, format, stream)
 
 
 @router.post(

@@ -70,6 +70,7 @@ class RunOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    tenant_id: uuid.UUID
     kind: str
     status: str
     resource: str
@@ -88,6 +89,7 @@ class RunOut(BaseModel):
     undone_by: uuid.UUID | None
     undo_expires_at: datetime | None
     actor: str
+    actor_role: str
     ip: str | None
     user_agent: str | None
     error: str | None

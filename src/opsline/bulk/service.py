@@ -341,6 +341,22 @@ def export_run(ctx: Context, run_id: uuid.UUID, fmt: str) -> tuple[str, Iterator
     return name, _export.pdf_stream(title, header, rows)
 
 
+def export_audit(
+    ctx: Context,
+    fmt: str,
+    *,
+    status: str | None = None,
+    action: str | None = None,
+    resource: str | None = None,
+    kind: str | None = None,
+) -> tuple[str, Iterator[bytes]]:
+    """The tenant's audit log of runs and undos (filtered like :func:`list_runs`) as a stream."""
+    from opsline.bulk import _audit
+
+    filters = {"status": status, "action": action, "resource": resource, "kind": kind}
+    return _audit.export_audit(ctx, fmt, filters)
+
+
 def _export_rows(ctx: Context, run: BulkRun, columns: list[str]) -> Iterator[tuple[Any, ...]]:
     from opsline.bulk import _export
     from opsline.bulk.models import items_table
