@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from opsline.bulk import service
@@ -225,8 +225,9 @@ def unschedule(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
 @router.get(
     "/runs/{run_id}/progress",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
     summary="Live progress (SSE) until the run ends; auth by header or ?access_token=",
+    description="With `Accept: application/json` the current progress as one JSON document.",
 )
 async def progress(
     run_id: uuid.UUID,
@@ -234,7 +235,7 @@ async def progress(
     access_token: Annotated[str | None, Query(max_length=4096)] = None,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
-) -> StreamingResponse:
+) -> Response:
     runtime: Runtime = request.app.state.runtime
     token = access_token
     if authorization and authorization.lower().startswith("bearer "):
@@ -246,6 +247,9 @@ async def progress(
         raise Forbidden(f"your role '{principal.role}' lacks the permission 'bulk.run'")
     ctx = Context(runtime.db, runtime.settings, principal)
     first = await run_in_threadpool(service.get_run, ctx, run_id)  # 404 before streaming
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept and "text/event-stream" not in accept:
+        return JSONResponse(first.model_dump(mode="json"))
     return StreamingResponse(
         _progress_stream(runtime, ctx, first, request),
         media_type="text/event-stream",

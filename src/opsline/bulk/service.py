@@ -261,14 +261,16 @@ def _check_undoable(ctx: Context, run: BulkRun) -> None:
     check_permission(ctx.principal, resource_for(run.resource), run.action)
     if run.kind == "undo":
         raise RunStateConflict("an undo cannot be undone")
-    if run.undo_expires_at is None:
+    if run.undo_days is None:
         raise RunStateConflict(f"{run.action} runs keep no undo data")
+    if run.started_at is None:
+        raise RunStateConflict(f"run {run.id} never started: there is nothing to undo")
+    if run.undo_expires_at is None or as_utc(run.undo_expires_at) <= utcnow():
+        raise RunStateConflict(f"the undo data of run {run.id} expired and was purged")
     if run.undone_by is not None:
         raise RunStateConflict(f"run {run.id} was already undone by run {run.undone_by}")
     if run.status in ("scheduled", "running"):
         raise RunStateConflict(f"run {run.id} is {run.status}; cancel it or wait for it to end")
-    if as_utc(run.undo_expires_at) <= utcnow():
-        raise RunStateConflict(f"the undo data of run {run.id} expired")
 
 
 def _undo_row(ctx: Context, run: BulkRun, force: bool) -> BulkRun:
