@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -42,3 +43,37 @@ def test_preview_run_list_and_undo(cli: CliRunner, desk: Desk, worker: Any) -> N
     assert desk.rows_hash() == before
     refused = cli.invoke(app, ["bulk", "run", "--tenant", tenant, "products", "soft_delete"])
     assert refused.exit_code == 1
+
+
+def test_status_and_cancel(cli: CliRunner, desk: Desk) -> None:
+    ids = desk.seed(2)
+    tenant = str(desk.owner.tenant_id)
+    run = desk.run({"resource": "products", "action": "archive", "ids": ids})  # no worker: runs on
+    shown = cli.invoke(app, ["bulk", "status", "--tenant", tenant, run["id"]])
+    assert shown.exit_code == 0, shown.output
+    assert '"status": "running"' in shown.output and '"total": 2' in shown.output
+    cancelled = cli.invoke(app, ["bulk", "cancel", "--tenant", tenant, run["id"]])
+    assert cancelled.exit_code == 0 and f"run {run['id']}: cancelled" in cancelled.output
+    listed = cli.invoke(app, ["bulk", "list", "--tenant", tenant, "--status", "cancelled"])
+    assert run["id"] in listed.output
+    other = cli.invoke(app, ["bulk", "status", "--tenant", str(uuid.uuid4()), run["id"]])
+    assert other.exit_code == 1 and "no bulk run" in other.output
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--where", "nonsense"],
+        ["--where", "stock:regex:1"],
+        ["--set", "name"],
+        ["--id", "not-a-uuid"],
+        ["--batch-size", "0"],
+    ],
+)
+def test_bad_options_are_messages_not_tracebacks(
+    cli: CliRunner, desk: Desk, options: list[str]
+) -> None:
+    tenant = str(desk.owner.tenant_id)
+    got = cli.invoke(app, ["bulk", "preview", "--tenant", tenant, "products", "update", *options])
+    assert got.exit_code in (1, 2), got.output
+    assert got.exception is None or isinstance(got.exception, SystemExit), got.exception

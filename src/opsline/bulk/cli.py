@@ -9,6 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -52,23 +53,40 @@ def _request(
     adjusts: list[str] | None,
     batch_size: int | None,
 ) -> BulkRequest:
-    conditions = []
-    for item in where or []:
-        field, op, *rest = item.split(":", 2)
-        conditions.append(Condition(field=field, op=op, value=_value(rest[0]) if rest else None))
-    params: dict[str, Any] = {}
-    if sets:
-        params["set"] = {k: _value(v) for k, v in (s.split("=", 1) for s in sets)}
-    if adjusts:
-        params["adjust"] = dict(a.split("=", 1) for a in adjusts)
-    return BulkRequest(
-        resource=resource,
-        action=action,
-        where=conditions,
-        ids=[uuid.UUID(i) for i in ids] if ids else None,
-        params=params,
-        batch_size=batch_size,
+    """The request the options stand for; bad options exit 2 with what to fix."""
+    try:
+        conditions = [_condition(item) for item in where or []]
+        params: dict[str, Any] = {}
+        if sets:
+            params["set"] = {k: _value(v) for k, v in (_pair(s, "--set") for s in sets)}
+        if adjusts:
+            params["adjust"] = dict(_pair(a, "--adjust") for a in adjusts)
+        return BulkRequest(
+            resource=resource,
+            action=action,
+            where=conditions,
+            ids=[uuid.UUID(i) for i in ids] if ids else None,
+            params=params,
+            batch_size=batch_size,
+        )
+    except (ValueError, ValidationError) as exc:
+        raise fail(f"invalid options: {exc}", 2) from None
+
+
+def _condition(item: str) -> Condition:
+    parts = item.split(":", 2)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"--where {item!r}: use field:op:json-value, e.g. stock:lt:5")
+    return Condition(
+        field=parts[0], op=parts[1], value=_value(parts[2]) if len(parts) > 2 else None
     )
+
+
+def _pair(item: str, option: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise ValueError(f"{option} {item!r}: use field=value")
+    return name, value
 
 
 @bulk_app.command("preview")
