@@ -92,6 +92,12 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._read_engine = self.engine.execution_options(opsline_read_only=True)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
+        # SQLite: our begin hook skips BEGIN; PostgreSQL: psycopg's autocommit.
+        self._lookup_engine = (
+            self.engine.execution_options(opsline_no_transaction=True)
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         # SQLite has one writer at a time: queue this process's writers here.
         self._write_lock: threading.RLock | nullcontext[None] = (
             threading.RLock() if self.is_sqlite else nullcontext()
@@ -129,8 +135,13 @@ class Database:
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
-        """A read-only Core connection (no ORM session) for hot lookups."""
-        with self._read_engine.connect() as conn:
+        """A Core connection (no ORM session) for one-statement lookups on hot paths.
+
+        No transaction is opened: a single statement is consistent by itself,
+        and this saves the BEGIN and ROLLBACK (two round trips on PostgreSQL).
+        Use :meth:`read` when several statements must see one snapshot.
+        """
+        with self._lookup_engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
@@ -222,7 +233,10 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        if connection.get_execution_options().get("opsline_read_only", False):
+        options = connection.get_execution_options()
+        if options.get("opsline_no_transaction", False):
+            return  # one statement in autocommit: the sqlite3 module runs it alone
+        if options.get("opsline_read_only", False):
             connection.exec_driver_sql("BEGIN")
         else:
             begin_immediate(connection.connection.dbapi_connection)

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from opsline.db import UnitOfWork
-from opsline.platform.engine.changes import pubsub_for, send
+from opsline.platform.engine.changes import send_after_commit
 
 
 def user_channel(tenant_id: uuid.UUID, user_id: uuid.UUID) -> str:
@@ -34,11 +34,7 @@ def status_message(seq: int, order: Any, status: str) -> dict[str, Any]:
 
 
 def push_after_commit(uow: UnitOfWork, seq: int, order: Any, status: str) -> None:
-    pubsub = pubsub_for(uow.session.get_bind().engine)
-    if pubsub is None:
-        return
     message = status_message(seq, order, status)
-    messages = [(tenant_channel(order.tenant_id), message)]
+    send_after_commit(uow, tenant_channel(order.tenant_id), message)
     if order.user_id is not None:
-        messages.append((user_channel(order.tenant_id, order.user_id), message))
-    uow.after_commit(lambda: send(pubsub, messages))
+        send_after_commit(uow, user_channel(order.tenant_id, order.user_id), message)

@@ -43,3 +43,23 @@ def test_subscriber_receives_messages_of_its_channel_only(pubsub: PubSub) -> Non
     finally:
         subscription.close()
     assert received == {"kind": "job", "id": 2, "channel": mine}
+
+
+def test_publish_many_delivers_every_message_in_order(pubsub: PubSub) -> None:
+    mine, other = f"tenant:{uuid.uuid4()}", f"orders:{uuid.uuid4()}"
+    subscription = pubsub.subscribe(mine, other)
+    try:
+        subscription.get(timeout=0.2)  # let the subscription settle (Redis)
+        pubsub.publish_many(
+            [(mine, {"seq": 1}), (other, {"seq": 2}), (mine, {"seq": 3}), ("elsewhere", {"seq": 4})]
+        )
+        received = [subscription.get(timeout=5) for _ in range(3)]
+        extra = subscription.get(timeout=0.2)
+    finally:
+        subscription.close()
+    assert received == [
+        {"seq": 1, "channel": mine},
+        {"seq": 2, "channel": other},
+        {"seq": 3, "channel": mine},
+    ]
+    assert extra is None

@@ -16,6 +16,7 @@ Polling (``job_poll_seconds``) stays as the last fallback in the worker.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections import defaultdict
@@ -31,6 +32,7 @@ _lock = threading.Lock()
 _waiters: dict[str, set[threading.Event]] = defaultdict(set)
 
 
+@functools.lru_cache(maxsize=64)
 def url_key(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 

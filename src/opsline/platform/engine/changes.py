@@ -9,6 +9,7 @@ Announcements are published only after the unit of work commits.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from typing import Any
@@ -38,6 +39,7 @@ def pubsub_for(engine: Engine) -> PubSub | None:
     return _pubsubs.get(_key(engine))
 
 
+@functools.lru_cache(maxsize=64)
 def _key(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
@@ -48,13 +50,19 @@ def channel(tenant_id: uuid.UUID | None) -> str:
 
 def announce(uow: UnitOfWork, kind: str, tenant_id: uuid.UUID | None, data: dict[str, Any]) -> None:
     """Queue a message for after commit (dropped on rollback)."""
+    send_after_commit(uow, channel(tenant_id), {"kind": kind, **data})
+
+
+def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> None:
+    """Queue ``message`` on channel ``name`` for after commit; a unit of work's
+    messages are published together (one round trip), and dropped on rollback."""
     pubsub = pubsub_for(uow.session.get_bind().engine)
     if pubsub is None:
         return
     messages: list[tuple[str, dict[str, Any]]] = uow.info.setdefault("engine_changes", [])
     if not messages:
         uow.after_commit(lambda: send(pubsub, messages))
-    messages.append((channel(tenant_id), {"kind": kind, **data}))
+    messages.append((name, message))
 
 
 def job_changes(outcomes: list[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -72,9 +80,10 @@ def job_changes(outcomes: list[Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def send(pubsub: PubSub, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    for name, message in messages:
-        try:
-            pubsub.publish(name, message)
-        except Exception:
-            # Best effort: a realtime hiccup never fails the committed work.
-            log.warning("realtime_publish_failed", channel=name, exc_info=True)
+    if not messages:
+        return
+    try:
+        pubsub.publish_many(messages)
+    except Exception:
+        # Best effort: a realtime hiccup never fails the committed work.
+        log.warning("realtime_publish_failed", channels=[m[0] for m in messages], exc_info=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -37,6 +37,11 @@ class Subscription(Protocol):
 
 class PubSub(Protocol):
     def publish(self, channel: str, message: Message) -> None: ...
+
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """Publish ``(channel, message)`` pairs in order, in one round trip where the
+        backend allows (a unit of work's messages go out together)."""
+        ...
 
     def subscribe(self, *channels: str) -> Subscription: ...
 
@@ -77,6 +82,10 @@ class InProcessPubSub:
         for subscription in targets:
             subscription.queue.put({**message, "channel": channel})
 
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        for channel, message in messages:
+            self.publish(channel, message)
+
     def subscribe(self, *channels: str) -> _QueueSubscription:
         subscription = _QueueSubscription(lambda s: self._remove(s, channels))
         with self._lock:
@@ -106,6 +115,12 @@ class RedisPubSub:
     def publish(self, channel: str, message: Message) -> None:
         self._client.publish(channel, orjson.dumps({**message, "channel": channel}))
 
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        pipeline = self._client.pipeline(transaction=False)
+        for channel, message in messages:
+            pipeline.publish(channel, orjson.dumps({**message, "channel": channel}))
+        pipeline.execute()
+
     def subscribe(self, *channels: str) -> Subscription:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(*channels)
@@ -120,11 +135,16 @@ class _RedisSubscription:
         self._pubsub = pubsub
 
     def get(self, timeout: float | None = None) -> Message | None:
-        raw = self._pubsub.get_message(timeout=timeout if timeout is not None else 3600.0)
-        if raw is None or raw.get("type") != "message":
-            return None
-        message: Message = orjson.loads(raw["data"])
-        return message
+        # Subscribe confirmations (one per channel) are read and skipped here.
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            raw = self._pubsub.get_message(timeout=left)
+            if raw is not None and raw.get("type") == "message":
+                message: Message = orjson.loads(raw["data"])
+                return message
+            if time.monotonic() >= deadline:
+                return None
 
     def close(self) -> None:
         self._pubsub.close()
@@ -139,13 +159,22 @@ class PostgresPubSub:
         self._connection: Any = None
 
     def publish(self, channel: str, message: Message) -> None:
+        self.publish_many([(channel, message)])
+
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         import psycopg
 
-        payload = orjson.dumps({**message, "channel": channel}).decode()
+        if not messages:
+            return
+        params: list[str] = []
+        for channel, message in messages:
+            params += [PG_CHANNEL, orjson.dumps({**message, "channel": channel}).decode()]
+        # One statement, one round trip; notifications keep their order.
+        sql = "SELECT " + ", ".join(["pg_notify(%s, %s)"] * len(messages))
         with self._lock:
             if self._connection is None or self._connection.closed:
                 self._connection = psycopg.connect(self._conninfo, autocommit=True)
-            self._connection.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, payload))
+            self._connection.execute(sql, params)
 
     def subscribe(self, *channels: str) -> Subscription:
         return _PostgresSubscription(self._conninfo, set(channels))
@@ -161,20 +190,23 @@ class _PostgresSubscription:
         import psycopg
 
         self._channels = channels
+        self._ready: deque[Message] = deque()
         self._connection = psycopg.connect(conninfo, autocommit=True)
         self._connection.execute(f"LISTEN {PG_CHANNEL}")
 
     def get(self, timeout: float | None = None) -> Message | None:
         # Messages of other logical channels share the NOTIFY channel: skip them.
+        # Notifications that arrive together are all read and kept in order.
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        while not self._ready:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             for notify in self._connection.notifies(timeout=left, stop_after=1):
                 message: Message = orjson.loads(notify.payload)
                 if message.get("channel") in self._channels:
-                    return message
-            if deadline is not None and time.monotonic() >= deadline:
+                    self._ready.append(message)
+            if not self._ready and deadline is not None and time.monotonic() >= deadline:
                 return None
+        return self._ready.popleft()
 
     def close(self) -> None:
         self._connection.close()
