@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -199,7 +199,9 @@ def sweep_stuck_orders(ctx: JobContext) -> int:
         stuck = session.execute(
             select(Order.id, Order.tenant_id, Order.payment_attempt)
             .where(
-                Order.status == OrderStatus.PROCESSING.value, Order.processing_started_at < cutoff
+                # A literal, so that the planner can use the partial index.
+                Order.status == literal_column(f"'{OrderStatus.PROCESSING.value}'"),
+                Order.processing_started_at < cutoff,
             )
             .limit(500)
         ).all()

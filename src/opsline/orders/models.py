@@ -17,12 +17,14 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opsline.db import Base, new_id, utcnow
 
 Money = Numeric(14, 2)
+PROCESSING_ONLY = "status = 'PROCESSING'"
 
 
 class Product(Base):
@@ -52,7 +54,14 @@ class Order(Base):
     __table_args__ = (
         Index(None, "tenant_id", "created_at", "id"),
         Index(None, "tenant_id", "created_by", "created_at"),
-        Index(None, "status", "processing_started_at"),
+        # Only orders in PROCESSING (the sweeper's look-up): placing an order and
+        # settling it do not touch this index.
+        Index(
+            "ix_orders_processing",
+            "processing_started_at",
+            sqlite_where=text(PROCESSING_ONLY),
+            postgresql_where=text(PROCESSING_ONLY),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -74,10 +83,11 @@ class Order(Base):
 
 class OrderLine(Base):
     __tablename__ = "order_lines"
+    # The unique constraint's index also serves look-ups by tenant (its prefix).
     __table_args__ = (UniqueConstraint("tenant_id", "order_id", "product_id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    tenant_id: Mapped[uuid.UUID]
     order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     product_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("products.id"))
     sku: Mapped[str] = mapped_column(String(64))

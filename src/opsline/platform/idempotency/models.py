@@ -14,10 +14,11 @@ from opsline.db import Base, new_id, utcnow
 
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
+    # The unique constraint's index also serves look-ups by tenant (its prefix).
     __table_args__ = (UniqueConstraint("tenant_id", "principal", "key"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    tenant_id: Mapped[uuid.UUID]
     principal: Mapped[str] = mapped_column(String(80))
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))
