@@ -155,11 +155,27 @@ class UnitOfWork:
         self.session = session
         self._connection: Connection | None = None
         self._after_commit: list[Callable[[], None]] = []
+        self._last: list[Callable[[], None]] = []
         self._committed = False
         self.info: dict[str, Any] = {}
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
+
+    def last(self, step: Callable[[], None]) -> None:
+        """Run ``step`` at the end of the transaction, just before commit.
+
+        For statements on hot rows (a stock decrement): on PostgreSQL their row
+        locks are then held only until the commit, not through the statements a
+        caller still has to run. Errors raised by a step roll everything back.
+        """
+        self._last.append(step)
+
+    def run_last(self) -> None:
+        """Run the steps registered with :meth:`last` now (commit runs any left)."""
+        steps, self._last = self._last, []
+        for step in steps:
+            step()
 
     @property
     def connection(self) -> Connection:
@@ -177,6 +193,7 @@ class UnitOfWork:
         self.session.flush()
 
     def commit(self) -> None:
+        self.run_last()
         self.session.commit()
         self._committed = True
 
@@ -184,6 +201,7 @@ class UnitOfWork:
         """Undo everything so far, side effects included; the unit stays usable."""
         self.session.rollback()
         self._connection = None
+        self._last.clear()
         self._after_commit.clear()
         self.info.clear()
 

@@ -259,10 +259,10 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
             lines=[{"product_id": str(x["product_id"]), "quantity": x["quantity"]} for x in lines],
         ),
     )
-    # Stock last: on PostgreSQL the hot product rows stay locked only for the
-    # decrements and the commit, not for the inserts above. A shortage rolls
-    # everything back.
-    _stock.take(conn, ctx.tenant_id, quantities, now=now)
+    # Stock last, after the idempotency key too: on PostgreSQL the hot product
+    # rows stay locked only for the decrements and the commit. A shortage
+    # rolls everything back.
+    uow.last(lambda: _stock.take(conn, ctx.tenant_id, quantities, now=now))
     return _order_body(order, lines)
 
 

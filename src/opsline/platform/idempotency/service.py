@@ -109,19 +109,23 @@ def _first_run(
 ) -> Outcome:
     """Do the work, then claim the key with its response, in one transaction.
 
-    The key row is written last: the unique constraint decides which of two
-    concurrent requests commits; the other's work rolls back with its failed
-    insert. A refused use case (a Problem) rolls its work back but still
-    commits the key with the problem as the response to replay.
+    The key row is written after the work (but before the steps the work put
+    off with ``uow.last``, such as taking stock): the unique constraint decides
+    which of two concurrent requests commits; the other's work rolls back with
+    its failed insert. A refused use case (a Problem, raised by the work or by a
+    last step) rolls its work back but still commits the key with the problem
+    as the response to replay.
     """
     problem: Problem | None = None
     with ctx.db.unit_of_work() as uow:
         try:
             body = action(uow)
+            _claim(uow, ctx, key, request_fingerprint, status, body)
+            uow.run_last()  # the use case's hot-row statements, after the key
         except Problem as exc:
             problem, status, body = exc, exc.status, exc.body()
             uow.rollback()
-        _claim(uow, ctx, key, request_fingerprint, status, body)
+            _claim(uow, ctx, key, request_fingerprint, status, body)
     if problem is not None:
         raise problem
     return Outcome(status, body, replayed=False)
