@@ -279,3 +279,16 @@ class TestKeyOptional:
             headers=shop.member.headers,
         )
         assert response.status_code == 201
+
+    def test_a_short_order_without_a_key_is_409_and_leaves_nothing(self, shop: Shop) -> None:
+        product = shop.product(stock=1)
+        response = shop.client.post(
+            "/api/v1/orders",
+            json={"items": [{"product_id": product["id"], "quantity": 2}]},
+            headers=shop.member.headers,
+        )
+        body = assert_problem(response, 409)
+        assert body["short"][0]["available"] == 1
+        assert shop.stock(product["id"]) == 1
+        listed = shop.client.get("/api/v1/orders", headers=shop.manager.headers).json()
+        assert listed["items"] == []
