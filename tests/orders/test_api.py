@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from opsline.orders.models import products_table
+from opsline.platform.idempotency.service import LOCK_WAIT_MS
 from opsline.platform.runtime import Runtime
 from tests.helpers import assert_problem, signup
 from tests.orders.conftest import Shop, wait_for
@@ -182,6 +187,29 @@ def test_a_refused_order_is_replayed_as_refused(shop: Shop) -> None:
     again = shop.order([(product["id"], 2)], key="k-short")
     assert_problem(again, 409)
     assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_an_order_waits_for_a_busy_product_row_past_the_key_lock_timeout(
+    shop: Shop, runtime: Runtime
+) -> None:
+    # Only the idempotency key's insert has a short lock timeout (in-flight
+    # duplicates answer 409); the stock decrement after it must wait its turn.
+    product = shop.product(stock=5)
+    holder = runtime.db.engine.connect()
+    holder.begin()
+    holder.execute(
+        update(products_table)
+        .where(products_table.c.id == uuid.UUID(product["id"]))
+        .values(stock=products_table.c.stock)
+    )
+    with ThreadPoolExecutor(1) as pool:
+        placing = pool.submit(shop.order, [(product["id"], 1)])
+        time.sleep(3 * LOCK_WAIT_MS / 1000)
+        holder.commit()
+        holder.close()
+        response = placing.result(timeout=30)
+    assert response.status_code == 201, response.text
+    assert shop.stock(product["id"]) == 4
 
 
 def test_keys_are_scoped_to_the_principal(shop: Shop) -> None:

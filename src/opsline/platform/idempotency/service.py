@@ -42,6 +42,7 @@ LOCK_WAIT_MS = 250
 K = IdempotencyKey
 _INSERT_KEY = insert(cast(Table, IdempotencyKey.__table__))
 _LOCK_TIMEOUT = text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'")
+_NO_LOCK_TIMEOUT = text("SET LOCAL lock_timeout TO DEFAULT")
 
 
 class KeyInFlight(Conflict):
@@ -164,6 +165,10 @@ def _claim(
         ):
             raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
         raise
+    if conn.dialect.name == "postgresql":
+        # Only the key waits at most LOCK_WAIT_MS: the statements after it (a
+        # stock decrement on a busy row) wait for their locks as long as needed.
+        conn.execute(_NO_LOCK_TIMEOUT)
 
 
 def _stored(ctx: Context, key: str) -> IdempotencyKey | None:
