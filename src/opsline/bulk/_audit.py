@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, select
+from sqlalchemy import select
 
 from opsline.bulk import _export
+from opsline.bulk._runs import run_filters
 from opsline.bulk.models import runs_table
 from opsline.platform.context import Context
 
@@ -59,17 +60,9 @@ def _row(row: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _query(ctx: Context, filters: dict[str, str | None]) -> Select[Any]:
-    stmt = select(runs_table).where(R.tenant_id == ctx.tenant_id)
-    for column, value in filters.items():
-        if value is not None:
-            stmt = stmt.where(R[column] == value)
-    return stmt
-
-
 def audit_rows(ctx: Context, filters: dict[str, str | None]) -> Iterator[tuple[Any, ...]]:
     """Every matching run of the tenant, newest first, one page per read transaction."""
-    base = _query(ctx, filters)
+    base = select(runs_table).where(*run_filters(ctx.tenant_id, **filters))
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         stmt = base
@@ -91,8 +84,4 @@ def export_audit(
 ) -> tuple[str, Iterator[bytes]]:
     rows = audit_rows(ctx, filters)
     name = f"bulk-audit-{ctx.tenant_id}.{fmt}"
-    if fmt == "csv":
-        return name, _export.csv_stream(HEADER, rows)
-    if fmt == "xlsx":
-        return name, _export.xlsx_stream(HEADER, rows)
-    return name, _export.pdf_stream("bulk actions audit log", HEADER, rows)
+    return name, _export.stream(fmt, "bulk actions audit log", HEADER, rows)

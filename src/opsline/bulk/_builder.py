@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -22,6 +22,8 @@ from opsline.bulk._selection import OPS
 from opsline.bulk.errors import InvalidBulkRequest
 from opsline.bulk.schemas import BulkRequest, Condition, PreviewOut, RunOut, ScheduleRequest
 from opsline.platform.context import Context
+
+RequestT = TypeVar("RequestT", bound=BulkRequest)
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -113,10 +115,9 @@ class BulkBuilder:
     def schedule(self, at: datetime, timezone: str | None = None) -> RunOut:
         """Run at ``at`` (naive times are read in ``timezone``)."""
         body = self._validated(ScheduleRequest, {"run_at": at, "timezone": timezone})
-        assert isinstance(body, ScheduleRequest)
         return service.schedule(self.ctx, body)
 
-    def _validated(self, model: type[BulkRequest], extra: dict[str, Any]) -> BulkRequest:
+    def _validated(self, model: type[RequestT], extra: dict[str, Any]) -> RequestT:
         if self.action_name is None:
             message = "choose an action first: .update(...), .archive(), ... or .action(name)"
             raise InvalidBulkRequest(message, errors=[{"loc": ["action"], "msg": message}])

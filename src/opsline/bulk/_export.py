@@ -150,3 +150,14 @@ def pdf_stream(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]])
     if lines or not pdf.pages:
         yield pdf.page(lines)
     yield pdf.trailer()
+
+
+def stream(
+    fmt: str, title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Iterator[bytes]:
+    """``rows`` as a ``csv``, ``xlsx`` or ``pdf`` byte stream (``title`` heads the PDF)."""
+    if fmt == "csv":
+        return csv_stream(header, rows)
+    if fmt == "xlsx":
+        return xlsx_stream(header, rows)
+    return pdf_stream(title, header, rows)

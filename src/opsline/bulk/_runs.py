@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from opsline.bulk import events
@@ -20,6 +20,13 @@ from opsline.platform.engine import changes
 from opsline.platform.engine.events import publish
 
 R = runs_table.c
+
+
+def run_filters(tenant_id: uuid.UUID, **equals: str | None) -> list[ColumnElement[bool]]:
+    """The tenant's runs with each given column equal to its value (None: any)."""
+    return [R.tenant_id == tenant_id] + [
+        R[column] == value for column, value in equals.items() if value is not None
+    ]
 
 
 def new_run(ctx: Context, spec: Spec, *, status: str, now: datetime) -> BulkRun:

@@ -170,15 +170,11 @@ def list_runs(
     kind: str | None = None,
 ) -> Page[RunOut]:
     """Newest first; the audit log of bulk actions and undos."""
-    stmt = select(BulkRun).where(BulkRun.tenant_id == ctx.tenant_id)
-    for column, value in (
-        ("status", status),
-        ("action", action),
-        ("resource", resource),
-        ("kind", kind),
-    ):
-        if value is not None:
-            stmt = stmt.where(getattr(BulkRun, column) == value)
+    stmt = select(BulkRun).where(
+        *_runs.run_filters(
+            ctx.tenant_id, status=status, action=action, resource=resource, kind=kind
+        )
+    )
     with ctx.db.read() as session:
         rows, next_cursor = keyset_page(
             stmt,
@@ -335,12 +331,8 @@ def export_run(ctx: Context, run_id: uuid.UUID, fmt: str) -> tuple[str, Iterator
     header = [f.name for f in resource.fields]
     rows = _export_rows(ctx, run, [f.column_name for f in resource.fields])
     name = f"bulk-{run.resource}-{run.id}.{fmt}"
-    if fmt == "csv":
-        return name, _export.csv_stream(header, rows)
-    if fmt == "xlsx":
-        return name, _export.xlsx_stream(header, rows)
     title = f"{run.resource} - {run.action} run {run.id}"
-    return name, _export.pdf_stream(title, header, rows)
+    return name, _export.stream(fmt, title, header, rows)
 
 
 def export_audit(

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, select, update
-from sqlalchemy.orm import Session
 
 from opsline.db import utcnow
 from opsline.orders.errors import InsufficientStock
@@ -56,7 +55,7 @@ def take(
 
 
 def _shortage(
-    session: Session | Connection,
+    conn: Connection,
     tenant_id: uuid.UUID,
     quantities: Mapping[uuid.UUID, int],
     failed: uuid.UUID,
@@ -64,7 +63,7 @@ def _shortage(
     # Decrements made so far in this transaction are added back to report what
     # is really available to this order.
     taken = {pid: q for pid, q in quantities.items() if pid < failed}
-    rows = session.execute(
+    rows = conn.execute(
         select(Product.id, Product.sku, Product.stock).where(
             Product.tenant_id == tenant_id, Product.id.in_(list(quantities))
         )

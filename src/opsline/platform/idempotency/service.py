@@ -141,7 +141,8 @@ def _claim(
     body: dict[str, Any],
 ) -> None:
     conn = uow.connection
-    if conn.dialect.name == "postgresql":
+    is_pg = conn.dialect.name == "postgresql"
+    if is_pg:
         conn.execute(_LOCK_TIMEOUT)
     now = utcnow()
     try:
@@ -165,7 +166,7 @@ def _claim(
         ):
             raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
         raise
-    if conn.dialect.name == "postgresql":
+    if is_pg:
         # Only the key waits at most LOCK_WAIT_MS: the statements after it (a
         # stock decrement on a busy row) wait for their locks as long as needed.
         conn.execute(_NO_LOCK_TIMEOUT)
