@@ -12,6 +12,13 @@ Three channels, cheapest first:
   transaction, so the notification is delivered only on commit.
 
 Polling (``job_poll_seconds``) stays as the last fallback in the worker.
+
+Each worker listens through a :class:`Doorbell`, which it mutes while it holds
+as many jobs as it can run: a full worker has nothing to do with news of more
+jobs, and is woken by its own finished jobs, after which it claims from the
+database anyway. A muted doorbell costs nothing: the SQLite watcher sleeps
+until the worker has room again, instead of polling every millisecond and
+waking the worker on every commit of a busy API.
 """
 
 from __future__ import annotations
@@ -29,7 +36,28 @@ log = structlog.get_logger(__name__)
 CHANNEL = "opsline_jobs"
 
 _lock = threading.Lock()
-_waiters: dict[str, set[threading.Event]] = defaultdict(set)
+
+
+class Doorbell:
+    """A worker's wake-up for new jobs, heard only while the worker has room."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+        self.listening = threading.Event()
+        self.listening.set()
+
+    def ring(self) -> None:
+        if self.listening.is_set():
+            self._wake.set()
+
+    def listen(self, listening: bool) -> None:
+        if listening:
+            self.listening.set()
+        else:
+            self.listening.clear()
+
+
+_waiters: dict[str, set[Doorbell]] = defaultdict(set)
 
 
 @functools.lru_cache(maxsize=64)
@@ -37,29 +65,34 @@ def url_key(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def register(key: str, event: threading.Event) -> None:
+def register(key: str, doorbell: Doorbell) -> None:
     with _lock:
-        _waiters[key].add(event)
+        _waiters[key].add(doorbell)
 
 
-def unregister(key: str, event: threading.Event) -> None:
+def unregister(key: str, doorbell: Doorbell) -> None:
     with _lock:
-        _waiters[key].discard(event)
+        _waiters[key].discard(doorbell)
 
 
 def notify(key: str) -> None:
     with _lock:
-        events = list(_waiters.get(key, ()))
-    for event in events:
-        event.set()
+        doorbells = list(_waiters.get(key, ()))
+    for doorbell in doorbells:
+        doorbell.ring()
 
 
 class SqliteWatcher:
-    """Sets ``event`` whenever another connection commits to the SQLite file."""
+    """Rings ``doorbell`` whenever another connection commits to the SQLite file.
 
-    def __init__(self, path: str, event: threading.Event, interval: float) -> None:
+    Polls only while the doorbell listens: changes made while it was muted ring
+    it once when it listens again, which the worker (claiming from the
+    database as soon as it has room) does not need but takes as a spare look.
+    """
+
+    def __init__(self, path: str, doorbell: Doorbell, interval: float) -> None:
         self._path = path
-        self._event = event
+        self._doorbell = doorbell
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="opsline-sqlite-watch", daemon=True)
@@ -75,11 +108,15 @@ class SqliteWatcher:
         connection = sqlite3.connect(self._path, check_same_thread=False)
         try:
             last = connection.execute("PRAGMA data_version").fetchone()[0]
+            listening = self._doorbell.listening
             while not self._stop.wait(self._interval):
+                if not listening.is_set():
+                    listening.wait(0.5)  # muted: sleep until the worker has room
+                    continue
                 current = connection.execute("PRAGMA data_version").fetchone()[0]
                 if current != last:
                     last = current
-                    self._event.set()
+                    self._doorbell.ring()
         except sqlite3.Error:
             log.exception("sqlite_watch_failed")
         finally:
@@ -87,11 +124,11 @@ class SqliteWatcher:
 
 
 class PostgresListener:
-    """Sets ``event`` on every ``NOTIFY opsline_jobs``; reconnects after errors."""
+    """Rings ``doorbell`` on every ``NOTIFY opsline_jobs``; reconnects after errors."""
 
-    def __init__(self, conninfo: str, event: threading.Event) -> None:
+    def __init__(self, conninfo: str, doorbell: Doorbell) -> None:
         self._conninfo = conninfo
-        self._event = event
+        self._doorbell = doorbell
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="opsline-pg-listen", daemon=True)
 
@@ -109,7 +146,7 @@ class PostgresListener:
             except Exception:
                 log.warning("pg_listen_reconnecting", exc_info=True)
                 # A lost connection may have hidden notifications: wake once.
-                self._event.set()
+                self._doorbell.ring()
                 self._stop.wait(1.0)
 
     def _listen(self) -> None:
@@ -119,7 +156,7 @@ class PostgresListener:
             connection.execute(f"LISTEN {CHANNEL}")
             while not self._stop.is_set():
                 for _ in connection.notifies(timeout=0.5, stop_after=1):
-                    self._event.set()
+                    self._doorbell.ring()
 
 
 def psycopg_conninfo(engine: Engine) -> str:

@@ -102,6 +102,7 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._doorbell = _wake.Doorbell(self._wake)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._slots: list[_Slot] = []
@@ -112,7 +113,7 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        _wake.register(self._wake_key, self._wake)
+        _wake.register(self._wake_key, self._doorbell)
         self._watchers = self._make_watchers()
         for watcher in self._watchers:
             watcher.start()
@@ -142,7 +143,7 @@ class Worker:
             self._work.put(None)
         for watcher in self._watchers:
             watcher.stop()
-        _wake.unregister(self._wake_key, self._wake)
+        _wake.unregister(self._wake_key, self._doorbell)
         self._stopped.set()
         log.info("worker_stopped", worker=self.id)
 
@@ -157,10 +158,12 @@ class Worker:
     def _make_watchers(self) -> list[_wake.SqliteWatcher | _wake.PostgresListener]:
         engine = self.db.engine
         if engine.dialect.name == "postgresql":
-            return [_wake.PostgresListener(_wake.psycopg_conninfo(engine), self._wake)]
+            return [_wake.PostgresListener(_wake.psycopg_conninfo(engine), self._doorbell)]
         path = engine.url.database
         if path and path != ":memory:":
-            return [_wake.SqliteWatcher(path, self._wake, self.settings.job_sqlite_watch_seconds)]
+            return [
+                _wake.SqliteWatcher(path, self._doorbell, self.settings.job_sqlite_watch_seconds)
+            ]
         return []
 
     # -- job threads ---------------------------------------------------------
@@ -221,6 +224,8 @@ class Worker:
             with self._lock:
                 # Jobs whose outcome this cycle acks free their slot in the same transaction.
                 free = 0 if stopping else self.capacity - len(self._held) + len(pending)
+            # A full worker is woken by its own results, then claims from the database.
+            self._doorbell.listen(free > 0)
             now = time.monotonic()
             promote = not stopping and now >= next_promote
             if promote:
