@@ -17,6 +17,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Table, bindparam, select, update
+from starlette.concurrency import run_in_threadpool
 
 from opsline.db import utcnow
 from opsline.platform.auth.models import ApiKey, AuthSession, User
@@ -151,12 +152,12 @@ def _context_dependency(permission: str | None) -> Any:
     if permission is not None:
         get_permission(permission)  # fail at import time on a typo
 
-    def dependency(
+    def resolve(
         request: Request,
         response: Response,
-        runtime: RuntimeDep,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        api_key: Annotated[str | None, Depends(_api_key)],
+        runtime: Runtime,
+        bearer: HTTPAuthorizationCredentials | None,
+        api_key: str | None,
     ) -> Context:
         principal = authenticate(runtime, bearer, api_key)
         request.state.principal = principal
@@ -171,8 +172,24 @@ def _context_dependency(permission: str | None) -> Any:
             )
         return Context(runtime.db, runtime.settings, principal, request_info(request))
 
+    async def dependency(
+        request: Request,
+        response: Response,
+        runtime: RuntimeDep,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        api_key: Annotated[str | None, Depends(_api_key)],
+    ) -> Context:
+        if bearer is not None and bearer.credentials and _local_checks(runtime):
+            return resolve(request, response, runtime, bearer, api_key)
+        return await run_in_threadpool(resolve, request, response, runtime, bearer, api_key)
+
     dependency.__opsline_permission__ = permission or "authenticated"  # type: ignore[attr-defined]
     return Depends(dependency)
+
+
+def _local_checks(runtime: Runtime) -> bool:
+    """Whether a token check waits on nothing outside this process."""
+    return runtime.db.is_sqlite and runtime.rate_limiter.in_process
 
 
 def RequirePermission(permission: str) -> Any:
