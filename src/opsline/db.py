@@ -226,7 +226,7 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size * 2,
         )
-        _configure_sqlite(engine, settings.sqlite_synchronous)
+        _configure_sqlite(engine, settings.sqlite_synchronous, settings.sqlite_wal_autocheckpoint)
         return engine
     return create_engine(
         url,
@@ -237,7 +237,7 @@ def _create_engine(settings: Settings, url: str) -> Engine:
     )
 
 
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str, wal_autocheckpoint: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the sqlite3 module: we emit BEGIN.
@@ -247,6 +247,9 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Checkpoint every N pages of WAL rather than SQLite's 1,000: a page
+        # written by many commits is copied back to the database once.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # WAL pages between automatic checkpoints (SQLite's default is 1,000; a
+    # write-heavy API copies hot pages back far less often with more).
+    sqlite_wal_autocheckpoint: int = Field(default=10_000, ge=0, le=1_000_000)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str | None = None
     broker_url: str | None = None
