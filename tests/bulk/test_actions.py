@@ -6,9 +6,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from opsline.platform.tenancy.models import Membership
+from tests.bulk._widgets import Widgets
 from tests.bulk.conftest import Desk
-from tests.helpers import assert_problem
+from tests.helpers import add_member, assert_problem
 
 
 def test_update_set_and_adjust_then_undo_restores_rows_exactly(desk: Desk, worker: Any) -> None:
@@ -146,3 +149,76 @@ def test_undo_skips_records_changed_since_unless_forced(desk: Desk, worker: Any)
     reasons = desk.get(f"/runs/{undo['id']}/failures").json()["items"]
     assert reasons[0]["record_id"] == ids[0] and "changed since" in reasons[0]["reason"]
     assert desk.products([ids[0]])[ids[0]].name == "edited by hand"
+
+
+def test_adjust_past_the_declared_maximum_fails_records_and_never_the_chunk(
+    desk: Desk, worker: Any
+) -> None:
+    ids = desk.seed(2)
+    body = {
+        "resource": "products",
+        "action": "update",
+        "ids": ids,
+        "params": {"adjust": {"price": "+999999999999"}},
+    }
+    preview = desk.post("/preview", body)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["warnings"] == ["2 record(s) would fail: price would be out of range"]
+    done = desk.wait(desk.run(body)["id"])
+    assert (done["status"], done["processed"], done["failed"], done["error"]) == (
+        "failed",
+        0,
+        2,
+        None,
+    )
+    reasons = {f["reason"] for f in desk.get(f"/runs/{done['id']}/failures").json()["items"]}
+    assert reasons == {"price would be out of range"}
+
+
+def test_adjust_beyond_what_the_column_type_holds_fails_those_records_only(
+    desk: Desk, widget_table: Widgets, worker: Any
+) -> None:
+    tenant = desk.owner.tenant_id
+    widget_table.seed(tenant)  # qty 0..9 in an INTEGER column, no maximum declared
+    top = 2**31 - 1
+    body = {"resource": "widgets", "action": "update", "params": {"adjust": {"qty": f"+{top}"}}}
+    preview = desk.post("/preview", body).json()
+    assert preview["warnings"] == ["9 record(s) would fail: qty would be out of range"]
+    assert sorted(s["after"]["qty"] for s in preview["sample"]) == [top + i for i in range(10)]
+    done = desk.wait(desk.run(body)["id"])
+    assert (done["status"], done["processed"], done["failed"], done["error"]) == (
+        "completed_with_errors",
+        1,
+        9,
+        None,
+    )
+    assert sorted(row[4] for row in widget_table.rows(tenant)) == [*range(1, 10), top]
+
+
+def _memberships(desk: Desk) -> list[tuple[Any, ...]]:
+    with desk.runtime.db.read() as session:
+        stmt = (
+            select(Membership.__table__)
+            .where(Membership.tenant_id == desk.owner.tenant_id)
+            .order_by(Membership.id)
+        )
+        return [tuple(row) for row in session.execute(stmt)]
+
+
+def test_members_hard_delete_needs_no_soft_delete_and_undo_brings_the_same_rows_back(
+    desk: Desk, worker: Any
+) -> None:
+    add_member(desk.client, desk.owner, "admin")
+    add_member(desk.client, desk.owner, "member")
+    before = _memberships(desk)
+    body = {
+        "resource": "members",
+        "action": "hard_delete",
+        "where": [{"field": "role", "op": "in", "value": ["owner", "admin", "member"]}],
+    }
+    done = desk.wait(desk.run(body)["id"])
+    assert (done["status"], done["processed"], done["failed"]) == ("completed_with_errors", 2, 1)
+    assert [row[3] for row in _memberships(desk)] == ["owner"]  # the last owner is refused
+    undo = desk.wait(desk.post(f"/runs/{done['id']}/undo", {}).json()["id"])
+    assert (undo["status"], undo["processed"]) == ("completed", 2)
+    assert _memberships(desk) == before

@@ -61,6 +61,15 @@ BAD_PREVIEWS = [
     {**BASE, "resource": None},
     [],
     "x",
+    _where("stock", "lt", 2**40),  # beyond the INTEGER column
+    _where("stock", "in", [1, 2**31]),
+    _where("stock", "between", [-(2**31) - 1, 0]),
+    _where("name", "eq", "a\x00b"),
+    _where("name", "starts_with", "\x00"),
+    _where("name", "in", ["ok", "\x00"]),
+    {**BASE, "params": {"set": {"name": "a\x00b"}}},
+    {**BASE, "action": "archive", "params": {"set": {"name": "x"}}},
+    {**BASE, "action": "export", "params": {"format": "csv"}},
 ]
 
 
@@ -89,8 +98,11 @@ def test_bad_schedule_times_and_zones_are_422(desk: Desk) -> None:
 
 
 def test_bad_list_and_run_queries_are_4xx(desk: Desk) -> None:
-    for query in ("status=bogus", "cursor=abc", "cursor=WzEsMl0", "limit=0", "kind=x"):
+    filters = ("status=bogus", "kind=x", "action=%00", "resource=a%00b", "action=")
+    for query in ("cursor=abc", "cursor=WzEsMl0", "limit=0", *filters):
         assert_problem(desk.get(f"/runs?{query}"), 422)
+    for query in filters:
+        assert_problem(desk.get(f"/audit/export?{query}"), 422)
     nobody = "00000000-0000-0000-0000-000000000000"
     assert_problem(desk.get(f"/runs/{nobody}/export?format=doc"), 422)
     assert_problem(desk.post(f"/runs/{nobody}/undo", {"force": [1]}), 422)

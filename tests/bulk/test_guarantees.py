@@ -10,11 +10,16 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
+from cryptography.exceptions import InvalidTag
+from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
+from opsline.bulk import _crypto, _export
 from opsline.bulk.jobs import apply_chunk_job, purge_expired
 from opsline.bulk.models import BulkRun, snapshots_table
 from opsline.db import utcnow
+from opsline.platform.engine.scheduler import periodic_jobs
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
 from tests.helpers import add_member, assert_problem, signup
@@ -66,6 +71,70 @@ def test_undo_days_set_the_expiry(desk: Desk) -> None:
     run = desk.run(body)
     expires = desk.get(f"/runs/{run['id']}").json()["undo_expires_at"]
     assert expires.startswith(str((utcnow() + timedelta(days=90)).date()))
+    default = desk.run({"resource": "products", "action": "archive", "ids": desk.seed(1)})
+    assert default["undo_expires_at"].startswith(str((utcnow() + timedelta(days=7)).date()))
+
+
+def test_expired_undo_data_is_purged_by_an_hourly_periodic_job() -> None:
+    crons = {p.job.name: p.cron for p in periodic_jobs()}
+    assert crons["bulk.purge_expired"] == "17 * * * *"
+
+
+def test_snapshot_holds_exactly_the_changed_fields_sealed_for_the_tenant(desk: Desk) -> None:
+    ids = desk.seed(3)
+    run = _rename(desk, ids)
+    apply_chunk_job(_job_ctx(desk), run_id=run["id"], chunk=0)
+    run_id, tenant = uuid.UUID(run["id"]), desk.owner.tenant_id
+    with desk.runtime.db.read() as session:
+        row = session.execute(
+            select(snapshots_table).where(snapshots_table.c.run_id == run_id)
+        ).one()
+    key = _crypto.undo_key(desk.runtime.settings)
+    snapshot = orjson.loads(_crypto.unseal(key, tenant, run_id, 0, row.data))
+    assert {tuple(sorted(record)) for record in snapshot["b"]} == {("id", "name", "updated_at")}
+    assert sorted(record["name"] for record in snapshot["b"]) == ["Item 0", "Item 1", "Item 2"]
+    assert {record["name"] for record in snapshot["a"]} == {"v2"}
+    with pytest.raises(InvalidTag):
+        _crypto.unseal(key, uuid.uuid4(), run_id, 0, row.data)  # another tenant
+    with pytest.raises(InvalidTag):
+        _crypto.unseal(key, tenant, uuid.uuid4(), 0, row.data)  # another run
+    configured = desk.runtime.settings.model_copy(update={"bulk_undo_key": SecretStr("k" * 32)})
+    with pytest.raises(InvalidTag):
+        _crypto.unseal(_crypto.undo_key(configured), tenant, run_id, 0, row.data)
+
+
+def test_preview_warns_of_records_that_would_fail_or_be_refused(desk: Desk) -> None:
+    ids = desk.seed(5)  # prices 10.25 .. 14.25
+    before = desk.rows_hash()
+    body = {
+        "resource": "products",
+        "action": "update",
+        "ids": ids,
+        "params": {"adjust": {"price": "-12"}},
+    }
+    preview = desk.post("/preview", body).json()
+    assert preview["count"] == 5
+    assert preview["warnings"] == ["2 record(s) would fail: price would be out of range"]
+    demote = {
+        "resource": "members",
+        "action": "update",
+        "where": [{"field": "role", "op": "eq", "value": "owner"}],
+        "params": {"set": {"role": "manager"}},
+    }
+    assert desk.post("/preview", demote).json()["warnings"] == [
+        "1 record(s) would be refused: the last owner cannot be demoted or removed; "
+        "make another member owner first"
+    ]
+    assert desk.rows_hash() == before
+
+
+def test_export_streams_every_record_past_one_page(desk: Desk) -> None:
+    ids = desk.seed(2 * _export.PAGE + 5)
+    where = [{"field": "currency", "op": "eq", "value": "EUR"}]
+    run = desk.run({"resource": "products", "action": "export", "where": where})
+    exported = desk.get(f"/runs/{run['id']}/export?format=csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert sorted(r["id"] for r in rows) == sorted(ids)
 
 
 def test_expired_confirmation_token_is_409(desk: Desk, runtime: Any) -> None:

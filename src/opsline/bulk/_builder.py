@@ -4,7 +4,9 @@ A builder is immutable: every method returns a new builder and leaves its
 receiver as it was, so a partly built selection can be reused for several
 actions and no state is ever shared between calls (or threads). The final
 calls go through the same service use cases as the HTTP API, with the same
-validation (422), permissions (403), confirmation (409) and limits (429).
+validation (422), permissions (403), confirmation (409) and limits on records
+per run and concurrent runs (429). The per-user and per-tenant request rates
+are an HTTP concern: they are enforced by ``api.py``, not for in-process callers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A :class:`Plan` is built (and every parameter validated, 422 on error) before
 anything runs; the chunk job applies it set-based. ``checks`` are predicates
 that mark a record failed with a reason instead of changing it (an adjusted
-price that would go negative, a hard delete of a record not soft-deleted).
+price that would go negative or beyond what its column holds, a hard delete of
+a record not soft-deleted).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Integer, Numeric, cast, func, literal
+from sqlalchemy import ColumnElement, Integer, Numeric, cast, func, literal, or_, type_coerce
 
+from opsline.bulk._storable import check_storable, unstorable
 from opsline.bulk.errors import InvalidBulkRequest
 from opsline.platform.resources import Field, Resource
 
@@ -31,6 +33,9 @@ class Plan:
     changes: dict[str, ColumnElement[Any]] = field(default_factory=dict)
     checks: list[tuple[ColumnElement[bool], str]] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    shown: dict[str, ColumnElement[Any]] = field(default_factory=dict)
+    """New values as a preview shows them, for columns whose ``changes`` could not be
+    computed for every record (an adjusted number beyond what the column holds)."""
 
     @property
     def undoable(self) -> bool:
@@ -53,6 +58,8 @@ def build_plan(resource: Resource, action: str, params: dict[str, Any], *, now: 
         allowed = ", ".join(resource.actions())
         raise _invalid(f"unknown action {action!r} for {resource.name}; use one of {allowed}")
     custom = resource.custom(action)
+    if custom is None and action != "update" and params:
+        raise _invalid(f"{action} takes no params; remove {', '.join(sorted(params))}", "params")
     if custom is not None:
         try:
             changes = dict(custom.changes(resource.table, params))
@@ -111,6 +118,7 @@ def _update_plan(resource: Resource, params: dict[str, Any]) -> Plan:
         try:
             value = f.coerce(raw)
             f.check(value)
+            check_storable(resource.table.c[f.column_name], f.name, value)
         except ValueError as exc:
             raise _invalid(str(exc), "params", "set", name) from None
         plan.changes[f.column_name] = literal(value, resource.table.c[f.column_name].type)
@@ -119,9 +127,12 @@ def _update_plan(resource: Resource, params: dict[str, Any]) -> Plan:
         if name in sets:
             raise _invalid(f"{name} is both set and adjusted", "params", "adjust", name)
         f = _changeable(resource, name, "adjustable", "adjust")
-        expr = _adjusted(f, resource.table.c[f.column_name], raw)
-        plan.changes[f.column_name] = expr
-        plan.checks.append((f.out_of_bounds(expr), f"{f.name} would be out of range"))
+        column = resource.table.c[f.column_name]
+        result = _adjusted(f, column, raw)
+        plan.changes[f.column_name] = cast(result, Integer if f.kind == "int" else column.type)
+        plan.shown[f.column_name] = type_coerce(result, column.type)
+        wrong = or_(f.out_of_bounds(result), unstorable(column, result))
+        plan.checks.append((wrong, f"{f.name} would be out of range"))
         plan.values[f.name] = raw
     return plan
 
@@ -140,17 +151,22 @@ def _changeable(resource: Resource, name: str, flag: str, verb: str) -> Field:
 
 
 def _adjusted(f: Field, column: Any, raw: Any) -> ColumnElement[Any]:
+    """The adjusted value, rounded to the field's scale, as an unbounded ``NUMERIC``.
+
+    Unbounded so that checking a result too large for the column is a comparison,
+    not an overflow error; the caller casts it to the column's type to store it.
+    """
     match = ADJUST.match(str(raw)) if isinstance(raw, str | int | float) else None
     if match is None:
         raise _invalid(f'adjust {f.name} with "+5%", "-10%", "+2" or "-0.5"', "params", "adjust")
     sign, amount, percent = match.groups()
     number = Decimal(amount) * (-1 if sign == "-" else 1)
-    exact = Numeric(28, 10)
+    exact = Numeric()
     if percent:
         factor = literal(1 + number / 100, exact)
         expr: ColumnElement[Any] = cast(column, exact) * factor
     else:
         expr = cast(column, exact) + literal(number, exact)
     if f.kind == "int":
-        return cast(func.round(expr), Integer)
-    return cast(func.round(expr, f.scale if f.scale is not None else 2), column.type)
+        return func.round(expr, type_=exact)
+    return func.round(expr, f.scale if f.scale is not None else 2, type_=exact)

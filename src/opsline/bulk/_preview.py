@@ -30,22 +30,31 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, Decimal | float) else value
+
+
 def _sample(session: Session, spec: Spec, clause: Any, limit: int) -> list[SampleRecord]:
     table, plan = spec.resource.table, spec.plan
     if plan.mode == "update":
         names = list(plan.changes)
         cols = [table.c[n] for n in names]
-        after = [plan.changes[n].label(f"after__{n}") for n in names]
+        after = [plan.shown.get(n, plan.changes[n]).label(f"after__{n}") for n in names]
     else:
         names = [f.column_name for f in spec.resource.fields]
         cols, after = [table.c[n] for n in names], []
     stmt = select(table.c.id, *cols, *after).where(clause).order_by(table.c.id).limit(limit)
+    # Shown values are computed unbounded (see Plan.shown): integers may come back as numbers.
+    ints = {f.column_name for f in spec.resource.fields if f.kind == "int"}
     out = []
     for row in session.execute(stmt):
         m = row._mapping
         before = {n: plain(m[table.c[n]]) for n in names}
         if plan.mode == "update":
-            new: dict[str, Any] | None = {n: plain(m[f"after__{n}"]) for n in names}
+            new: dict[str, Any] | None = {
+                n: plain(_integral(m[f"after__{n}"]) if n in ints else m[f"after__{n}"])
+                for n in names
+            }
         else:
             new = None if plan.mode == "delete" else before
         out.append(SampleRecord(id=m[table.c.id], before=before, after=new))

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false
 
+from opsline.bulk._storable import check_storable
 from opsline.bulk.errors import InvalidBulkRequest
 from opsline.platform.resources import Field, Resource
 
@@ -63,6 +64,14 @@ def condition(resource: Resource, cond: dict[str, Any], index: int) -> ColumnEle
         raise _invalid(["body", "where", index, "value"], str(exc)) from None
 
 
+def _coerce(field: Field, column: Any, value: Any) -> Any:
+    """The value as the field's type; an integer must also fit the column's type."""
+    coerced = field.coerce(value)
+    if field.kind == "int":
+        check_storable(column, field.name, coerced)
+    return coerced
+
+
 def _clause(field: Field, column: Any, op: str, value: Any) -> ColumnElement[bool]:
     if op == "is_null":
         return column.is_(None)  # type: ignore[no-any-return]
@@ -71,19 +80,20 @@ def _clause(field: Field, column: Any, op: str, value: Any) -> ColumnElement[boo
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value or len(value) > MAX_IN:
             raise ValueError(f"{op} needs a list of 1 to {MAX_IN} values")
-        values = [field.coerce(v) for v in value]
+        values = [_coerce(field, column, v) for v in value]
         return column.in_(values) if op == "in" else column.not_in(values)  # type: ignore[no-any-return]
     if op == "between":
         if not isinstance(value, list) or len(value) != 2:
             raise ValueError("between needs a list of two values [low, high]")
-        return column.between(field.coerce(value[0]), field.coerce(value[1]))  # type: ignore[no-any-return]
+        low, high = _coerce(field, column, value[0]), _coerce(field, column, value[1])
+        return column.between(low, high)  # type: ignore[no-any-return]
     if op in ("contains", "starts_with"):
         if field.kind not in ("str", "enum") or not isinstance(value, str):
             raise ValueError(f"{op} works on text fields with a text value")
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%" if op == "contains" else f"{escaped}%"
         return column.like(pattern, escape="\\")  # type: ignore[no-any-return]
-    coerced = field.coerce(value)
+    coerced = _coerce(field, column, value)
     return {  # type: ignore[no-any-return]
         "eq": lambda: column == coerced,
         "ne": lambda: column != coerced,

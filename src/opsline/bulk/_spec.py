@@ -60,10 +60,37 @@ def check_permission(principal: Principal, resource: Resource, action: str) -> N
         )
 
 
+def _nul_at(value: Any, loc: list[Any]) -> list[Any] | None:
+    """Where in ``value`` a text holds NUL (PostgreSQL text and JSON cannot store it)."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nul_at(key, [*loc, key]) or _nul_at(item, [*loc, key])
+        if found is not None:
+            return found
+    return None
+
+
+def reject_nul(body: BulkRequest) -> None:
+    """422 for a NUL character in any text of ``where`` or ``params``."""
+    where = [c.model_dump(mode="json") for c in body.where]
+    loc = _nul_at(where, ["body", "where"]) or _nul_at(body.params, ["body", "params"])
+    if loc is not None:
+        message = "text values cannot contain the NUL character (\\u0000)"
+        raise InvalidBulkRequest(message, errors=[{"loc": loc, "msg": message}])
+
+
 def build_spec(
     ctx: Context, body: BulkRequest, *, now: datetime | None = None, check: bool = True
 ) -> Spec:
     """Validate everything that can be validated before touching data (422/403)."""
+    reject_nul(body)
     resource = resource_for(body.resource)
     plan = build_plan(resource, body.action, body.params, now=now or utcnow())
     if check:

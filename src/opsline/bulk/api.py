@@ -39,6 +39,8 @@ from opsline.platform.runtime import Runtime
 
 router = APIRouter(prefix="/bulk", tags=["bulk"])
 BulkCtx = Annotated[Context, RequirePermission(BULK_RUN.name)]
+# A resource or action name as declared (letters, digits, ``_ . : -``).
+NameFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 POLL_SECONDS = 1.0
 
 
@@ -117,8 +119,8 @@ def list_runs(
     ctx: BulkCtx,
     page: PageDep,
     status: RunStatus | None = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    resource: Annotated[str | None, Query(max_length=64)] = None,
+    action: NameFilter = None,
+    resource: NameFilter = None,
     kind: Literal["action", "undo"] | None = None,
 ) -> Page[RunOut]:
     return service.list_runs(
@@ -142,8 +144,8 @@ def export_audit(
     ctx: BulkCtx,
     format: ExportFormat = "csv",
     status: RunStatus | None = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    resource: Annotated[str | None, Query(max_length=64)] = None,
+    action: NameFilter = None,
+    resource: NameFilter = None,
     kind: Literal["action", "undo"] | None = None,
 ) -> StreamingResponse:
     name, stream = service.export_audit(
