@@ -1,8 +1,10 @@
 """The HTTP floor of shared/PEERS.md: a bare FastAPI endpoint doing one database insert.
 
-Same server settings as Opsline's (uvicorn, one process, httptools when installed,
-a sync endpoint in the thread pool) and the same database engine set-up
-(``opsline.db.Database``: WAL, synchronous, BEGIN IMMEDIATE on SQLite).
+Same server settings as Opsline's (uvicorn, one process, httptools when installed)
+and the same database engine set-up (``opsline.db.Database``: WAL, synchronous,
+BEGIN IMMEDIATE on SQLite). Two endpoints, as Opsline runs its own: ``/insert`` is
+a sync endpoint (the thread pool), ``/insert-inline`` an async one that inserts on
+the event loop, as Opsline places orders on SQLite.
 Run: ``python -m bench._floor_app PORT`` with the OPSLINE_* database variables.
 """
 
@@ -33,12 +35,19 @@ def build() -> FastAPI:
     def ready() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/insert", status_code=201)
-    def insert_one(body: dict[str, object]) -> dict[str, str]:
+    def write(body: dict[str, object]) -> dict[str, str]:
         row_id = uuid.uuid4()
         with db.unit_of_work() as uow:
             uow.session.execute(insert(rows).values(id=row_id, body=str(body)[:200]))
         return {"id": str(row_id)}
+
+    @app.post("/insert", status_code=201)
+    def insert_one(body: dict[str, object]) -> dict[str, str]:
+        return write(body)
+
+    @app.post("/insert-inline", status_code=201)
+    async def insert_inline(body: dict[str, object]) -> dict[str, str]:
+        return write(body)
 
     return app
 

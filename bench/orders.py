@@ -4,7 +4,8 @@ For each database (SQLite embedded, PostgreSQL) and each client count, wrk posts
 orders with unique Idempotency-Keys for a fixed time: once on one hot SKU, once
 spread over a catalogue. In the same run, on the same database and client count:
 
-- the HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``);
+- the HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``),
+  in the thread pool, and on SQLite also on the event loop (as orders are placed there);
 - the raw conditional stock UPDATE rate (pgbench on PostgreSQL, a sqlite3 loop on SQLite);
 - the orders again with the optional Redis lock layer on.
 
@@ -186,15 +187,14 @@ def _raw_updates(
     return round(float(re.search(r"tps = ([\d.]+)", out).group(1)), 1)  # type: ignore[union-attr]
 
 
-def _floor(env: dict[str, str], clients: list[int], seconds: float) -> dict[int, dict[str, Any]]:
+def _floor(
+    env: dict[str, str], clients: list[int], seconds: float, path: str
+) -> dict[int, dict[str, Any]]:
     port = free_port()
     command = [opsline()[0].replace("opsline", "python"), "-m", "bench._floor_app", str(port)]
     with server(command, {**SERVER_ENV, **env}, port, "/health/ready") as base:
         body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
-        return {
-            c: wrk(base, "/insert", body, clients=clients_, seconds=seconds)
-            for c, clients_ in ((c, c) for c in clients)
-        }
+        return {c: wrk(base, path, body, clients=c, seconds=seconds) for c in clients}
 
 
 def _serve(env: dict[str, str]) -> tuple[list[str], int]:
@@ -235,9 +235,12 @@ def run_backend(
                     result["clients"][c]["orders_with_redis_lock"] = _orders(base, shop, c, seconds)
             result["oversell"] += _conservation(env)["oversell"]
         log(f"{backend}: HTTP floor")
-        floors = _floor(env, clients, seconds)
+        floors = _floor(env, clients, seconds, "/insert")
+        inline = _floor(env, clients, seconds, "/insert-inline") if backend == "sqlite" else {}
         for c in clients:
             result["clients"][c]["floor_insert"] = floors[c]
+            if c in inline:
+                result["clients"][c]["floor_insert_inline"] = inline[c]
             log(f"{backend}: raw conditional UPDATE, {c} clients")
             result["clients"][c]["raw_update_per_s"] = _raw_updates(
                 backend, env, c, seconds, shop["hot"]
@@ -249,9 +252,12 @@ def run_backend(
 def _ratios(backend: str, result: dict[str, Any]) -> None:
     for figures in result["clients"].values():
         floor = figures["floor_insert"]["per_s"]
+        inline = figures.get("floor_insert_inline", {}).get("per_s")
         for scenario in ("hot", "spread"):
             rate = figures["orders"][scenario]["per_s"]
             figures[f"ratio_{scenario}_to_floor"] = round(rate / floor, 3) if floor else None
+            if inline:
+                figures[f"ratio_{scenario}_to_floor_inline"] = round(rate / inline, 3)
         raw = figures["raw_update_per_s"]
         figures["ratio_hot_to_raw_update"] = (
             round(figures["orders"]["hot"]["per_s"] / raw, 3) if raw else None

@@ -13,6 +13,12 @@ is released); writers of other processes are waited for by retrying ``BEGIN
 IMMEDIATE`` with sleeps of 50 µs growing to 2 ms, rather than SQLite's busy
 handler, whose sleeps of 1, 2, 5, 10 ... ms cost throughput and tail latency.
 Read-only sessions use a deferred ``BEGIN`` and never take the write lock.
+
+``unit_of_work(wait=False)`` opens the transaction only if the write lock is
+free at once, and raises :class:`WriteLockBusy` otherwise, before any work: it
+lets a short write run on the event loop thread when nobody else is writing
+(on SQLite the hop to a thread pool costs more than the write itself) and go
+to the thread pool when it would have to wait.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid, create_engine, event
@@ -81,6 +87,10 @@ class Base(DeclarativeBase):
     }
 
 
+class WriteLockBusy(Exception):
+    """``unit_of_work(wait=False)`` found the write lock taken; nothing was done."""
+
+
 class Database:
     """One engine per process, shared by the API, the workers and the CLI."""
 
@@ -108,11 +118,17 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[UnitOfWork]:
-        """Open one write transaction; commit on success, roll back on any error."""
-        with self._write_lock:
+    def unit_of_work(self, *, wait: bool = True) -> Iterator[UnitOfWork]:
+        """Open one write transaction; commit on success, roll back on any error.
+
+        With ``wait=False`` (SQLite only) raise :class:`WriteLockBusy` at once,
+        having done nothing, if another thread or process holds the write lock.
+        """
+        with self._writer(wait):
             uow = UnitOfWork(self._sessions())
             try:
+                if not wait:  # BEGIN IMMEDIATE now, once: WriteLockBusy if taken
+                    uow.session.connection(execution_options={"opsline_no_wait": True})
                 yield uow
                 uow.commit()
             except BaseException:
@@ -121,6 +137,23 @@ class Database:
             finally:
                 uow.session.close()
         uow.run_after_commit()
+
+    @contextmanager
+    def _writer(self, wait: bool) -> Iterator[None]:
+        """This process's turn to write; with ``wait=False`` only if it is free now."""
+        if wait:
+            with self._write_lock:
+                yield
+            return
+        if not self.is_sqlite:
+            raise ValueError("unit_of_work(wait=False) is for SQLite's single writer")
+        lock = cast(threading.RLock, self._write_lock)
+        if not lock.acquire(blocking=False):
+            raise WriteLockBusy
+        try:
+            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -259,6 +292,8 @@ def _configure_sqlite(engine: Engine, synchronous: str, wal_autocheckpoint: int)
             return  # one statement in autocommit: the sqlite3 module runs it alone
         if options.get("opsline_read_only", False):
             connection.exec_driver_sql("BEGIN")
+        elif options.get("opsline_no_wait", False):
+            begin_immediate(connection.connection.dbapi_connection, wait=False)
         else:
             begin_immediate(connection.connection.dbapi_connection)
 
@@ -266,10 +301,21 @@ def _configure_sqlite(engine: Engine, synchronous: str, wal_autocheckpoint: int)
 WRITE_LOCK_WAIT_SECONDS = 30.0
 
 
-def begin_immediate(dbapi_connection: Any) -> None:
-    """Take SQLite's write lock, retrying with short sleeps while another process holds it."""
+def begin_immediate(dbapi_connection: Any, *, wait: bool = True) -> None:
+    """Take SQLite's write lock, retrying with short sleeps while another process holds it.
+
+    With ``wait=False`` one attempt: :class:`WriteLockBusy` if it is held.
+    """
     dbapi_connection.execute("PRAGMA busy_timeout=0")
     try:
+        if not wait:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise WriteLockBusy from None
+                raise
+            return
         delay = 0.00005
         deadline = time.monotonic() + WRITE_LOCK_WAIT_SECONDS
         while True:

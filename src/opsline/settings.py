@@ -121,6 +121,13 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
         return value
 
+    @property
+    def writes_stay_local(self) -> bool:
+        """SQLite and no Redis or broker: a commit and its after-commit hooks do no network I/O."""
+        return (
+            self.sqlalchemy_url.startswith("sqlite") and not self.redis_url and not self.broker_url
+        )
+
     @field_validator("redis_url")
     @classmethod
     def _valid_redis(cls, value: str | None) -> str | None:

@@ -168,11 +168,15 @@ def merged_quantities(data: OrderIn) -> dict[uuid.UUID, int]:
     return dict(quantities)
 
 
-def place_order(ctx: Context, data: OrderIn, *, idempotency_key: str | None) -> Outcome:
+def place_order(
+    ctx: Context, data: OrderIn, *, idempotency_key: str | None, wait: bool = True
+) -> Outcome:
     """Create an order idempotently; see opsline.platform.idempotency for the key rules.
 
     With ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis locks are held around
     the transaction (taken in sorted order); stock stays correct without them.
+    ``wait=False`` raises :class:`opsline.db.WriteLockBusy`, having done nothing,
+    when another writer holds SQLite's write lock (see ``Database.unit_of_work``).
     """
     request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
 
@@ -183,6 +187,7 @@ def place_order(ctx: Context, data: OrderIn, *, idempotency_key: str | None) -> 
             request_fingerprint=request,
             status=201,
             action=lambda uow: _create_order(uow, ctx, data),
+            wait=wait,
         )
 
     locks = _locks(ctx)

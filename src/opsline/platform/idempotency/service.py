@@ -86,13 +86,17 @@ def run_idempotent(
     request_fingerprint: str,
     status: int,
     action: Callable[[UnitOfWork], dict[str, Any]],
+    wait: bool = True,
 ) -> Outcome:
-    """Run ``action`` once per key; ``action`` returns the JSON body of its response."""
+    """Run ``action`` once per key; ``action`` returns the JSON body of its response.
+
+    ``wait=False``: see :meth:`opsline.db.Database.unit_of_work`.
+    """
     if key is None:
-        with ctx.db.unit_of_work() as uow:
+        with ctx.db.unit_of_work(wait=wait) as uow:
             return Outcome(status, action(uow), replayed=False)
     try:
-        return _first_run(ctx, key, request_fingerprint, status, action)
+        return _first_run(ctx, key, request_fingerprint, status, action, wait)
     except IntegrityError:
         # The key exists: a request that committed first (or meanwhile) owns it.
         stored = _stored(ctx, key)
@@ -107,6 +111,7 @@ def _first_run(
     request_fingerprint: str,
     status: int,
     action: Callable[[UnitOfWork], dict[str, Any]],
+    wait: bool,
 ) -> Outcome:
     """Do the work, then claim the key with its response, in one transaction.
 
@@ -118,7 +123,7 @@ def _first_run(
     as the response to replay.
     """
     problem: Problem | None = None
-    with ctx.db.unit_of_work() as uow:
+    with ctx.db.unit_of_work(wait=wait) as uow:
         try:
             body = action(uow)
             _claim(uow, ctx, key, request_fingerprint, status, body)
