@@ -122,8 +122,8 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def writes_stay_local(self) -> bool:
-        """SQLite and no Redis or broker: a commit and its after-commit hooks do no network I/O."""
+    def all_in_process(self) -> bool:
+        """SQLite and no Redis or broker: nothing a request does waits on the network."""
         return (
             self.sqlalchemy_url.startswith("sqlite") and not self.redis_url and not self.broker_url
         )

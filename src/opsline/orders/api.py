@@ -154,7 +154,7 @@ async def _place(ctx: Context, body: OrderIn, key: str | None) -> Outcome:
     request yields to the loop and tries again; after ``LOCAL_WAIT_SECONDS``
     it waits in the thread pool instead, so the loop never blocks on a lock.
     """
-    if ctx.settings.writes_stay_local and not ctx.settings.orders_redis_lock:
+    if ctx.settings.all_in_process and not ctx.settings.orders_redis_lock:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCAL_WAIT_SECONDS
         delay = 0.0002

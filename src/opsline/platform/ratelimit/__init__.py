@@ -73,11 +73,6 @@ class RateLimiter:
         self.storage: Storage = RedisStorage(redis_url) if redis_url else SweptMemoryStorage()
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
 
-    @property
-    def in_process(self) -> bool:
-        """Whether a hit stays in this process (no network round trip)."""
-        return isinstance(self.storage, MemoryStorage)
-
     def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
         item = _parse(rate) if isinstance(rate, str) else rate
         allowed = self._limiter.hit(item, *keys, cost=cost)
