@@ -159,3 +159,25 @@ def test_rate_limited_jobs_wait_for_the_window_without_using_attempts(
     with db.read() as session:
         waiting = session.execute(select(J.attempt).where(J.state == "scheduled")).scalars().all()
     assert waiting == [0, 0]
+
+
+def test_a_full_worker_stops_listening_for_new_jobs_until_it_has_room(
+    db: Database, engine_settings: Settings
+) -> None:
+    """A worker holding all the jobs it can take mutes its doorbell (enqueues and, on
+    SQLite, the file watcher); its own finished jobs wake it, and it listens again."""
+    fast = engine_settings.model_copy(update={"job_lease_seconds": 0.6})
+    with running_worker(db, fast, concurrency=1) as worker:
+        doorbell = worker._doorbell
+        assert doorbell.listening.is_set()
+        ids = [enqueue(db, "tests.wait_cancel") for _ in range(worker.capacity)]
+        wait_until(lambda: worker.held_count == worker.capacity)
+        wait_until(lambda: not doorbell.listening.is_set())
+        later = enqueue(db, "tests.noop")  # rung while muted: no wake, no claim
+        with db.unit_of_work() as uow:
+            uow.session.execute(
+                update(jobs_table).where(J.id.in_(ids)).values(cancel_requested=True)
+            )
+        wait_until(lambda: job_row(db, later).state == "succeeded")
+        wait_until(doorbell.listening.is_set)
+        assert all(job_row(db, job_id).state == "cancelled" for job_id in ids)
