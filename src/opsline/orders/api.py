@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import ORJSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from opsline.db import WriteLockBusy
 from opsline.orders import service
 from opsline.orders._state import OrderStatus
 from opsline.orders.permissions import (
@@ -32,8 +29,9 @@ from opsline.orders.schemas import (
 )
 from opsline.platform.context import Context
 from opsline.platform.http.deps import RequirePermission
+from opsline.platform.http.local_writes import run_write
 from opsline.platform.http.pagination import Page, PageDep
-from opsline.platform.idempotency.service import Outcome, check_key
+from opsline.platform.idempotency.service import check_key
 
 router = APIRouter()
 
@@ -49,10 +47,6 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 REPLAY_HEADER = "Idempotent-Replayed"
-# How long an order retries on the loop for the write lock before waiting in the
-# thread pool. Measured against the loop's own backlog too (32 clients queue
-# ~100 ms of orders there), so a short bound would send busy servers to the pool.
-LOCAL_WAIT_SECONDS = 1.0
 
 
 @router.post(
@@ -135,38 +129,15 @@ async def place_order(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     key = check_key(idempotency_key, required=ctx.settings.idempotency_required)
-    outcome = await _place(ctx, body, key)
+    # Placed on the event loop when nothing can wait (see platform.http.local_writes).
+    outcome = await run_write(
+        ctx.settings, lambda wait: service.place_order(ctx, body, idempotency_key=key, wait=wait)
+    )
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else {}
     media = "application/problem+json" if outcome.status >= 400 else "application/json"
     return ORJSONResponse(
         outcome.body, status_code=outcome.status, headers=headers, media_type=media
     )
-
-
-async def _place(ctx: Context, body: OrderIn, key: str | None) -> Outcome:
-    """Place the order on the event loop when that cannot wait on the network.
-
-    With SQLite and nothing remote, an order is a millisecond of in-process
-    work, less than the hop to the thread pool and back costs on a busy server
-    (context switches, and the GIL handed between threads); placed here, the
-    orders of one process also never queue on its write lock. While another
-    writer holds the lock (a payment job, a bulk chunk, another process) the
-    request yields to the loop and tries again; after ``LOCAL_WAIT_SECONDS``
-    it waits in the thread pool instead, so the loop never blocks on a lock.
-    """
-    if ctx.settings.all_in_process and not ctx.settings.orders_redis_lock:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOCAL_WAIT_SECONDS
-        delay = 0.0002
-        while True:
-            try:
-                return service.place_order(ctx, body, idempotency_key=key, wait=False)
-            except WriteLockBusy:
-                if loop.time() >= deadline:
-                    break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.002)
-    return await run_in_threadpool(service.place_order, ctx, body, idempotency_key=key)
 
 
 @router.get("/orders", response_model=Page[OrderOut], tags=["orders"])
