@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psycopg
@@ -73,10 +73,44 @@ def require_wrk() -> str:
     return path
 
 
+class Served(NamedTuple):
+    url: str
+    pid: int
+
+
+def _usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, all threads) and context switches of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for line in status.splitlines():
+            if "ctxt_switches:" in line:
+                switches += int(line.split()[-1])
+    return cpu, switches
+
+
 def wrk(
-    url: str, path: str, bodies: list[str], *, clients: int, seconds: float, auth: str = ""
+    target: Served,
+    path: str,
+    bodies: list[str],
+    *,
+    clients: int,
+    seconds: float,
+    auth: str = "",
 ) -> dict[str, float]:
-    """POST ``bodies`` (cycled) to ``path`` with ``clients`` connections for ``seconds``."""
+    """POST ``bodies`` (cycled) to ``path`` with ``clients`` connections for ``seconds``.
+
+    Besides rates and latencies, the server's CPU milliseconds and context
+    switches per request (all its threads, from /proc): steadier than the rate
+    on a noisy machine, and where a thread-pool hop shows.
+    """
+    url = target.url
+    cpu_before, switches_before = _usage(target.pid)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -106,9 +140,11 @@ def wrk(
             text=True,
             check=True,
         ).stdout
+    cpu_after, switches_after = _usage(target.pid)
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds_run = raw["duration_us"] / 1e6
+    requests = max(1, raw["requests"])
     return {
         "requests": raw["requests"],
         "per_s": round(raw["requests"] / seconds_run, 1),
@@ -116,6 +152,8 @@ def wrk(
         "p99_ms": round(raw["p99_us"] / 1000, 2),
         "non_2xx": raw["non_2xx"],
         "socket_errors": raw["socket_errors"],
+        "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / requests, 2),
+        "server_switches_per_request": round((switches_after - switches_before) / requests, 1),
     }
 
 
@@ -145,8 +183,8 @@ def database(backend: str) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def server(command: list[str], env: Mapping[str, str], port: int, ready: str) -> Iterator[str]:
-    """Start ``command`` in its own process group; yield its base URL once ``ready`` answers."""
+def server(command: list[str], env: Mapping[str, str], port: int, ready: str) -> Iterator[Served]:
+    """Start ``command`` in its own process group; yield its URL and pid once ``ready`` answers."""
     log_file = tempfile.TemporaryFile()
     process = subprocess.Popen(
         command,
@@ -173,7 +211,7 @@ def server(command: list[str], env: Mapping[str, str], port: int, ready: str) ->
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.1)
-        yield base
+        yield Served(base, process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -31,7 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench._http import database, emit, free_port, log, opsline, require_wrk, run_cli, server, wrk
+from bench._http import (
+    Served,
+    database,
+    emit,
+    free_port,
+    log,
+    opsline,
+    require_wrk,
+    run_cli,
+    server,
+    wrk,
+)
 from sqlalchemy import select
 
 SERVER_ENV = {
@@ -86,7 +97,7 @@ def _body(product_id: str) -> str:
     return json.dumps({"items": [{"product_id": product_id, "quantity": 1}]})
 
 
-def _orders(base: str, shop: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+def _orders(base: Served, shop: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
     hot = wrk(
         base,
         "/api/v1/orders",
@@ -211,7 +222,7 @@ def run_backend(
         result: dict[str, Any] = {"clients": {}}
         command, port = _serve(env)
         with server(command, env, port, "/health/ready") as base:
-            shop = _shop(base, skus)
+            shop = _shop(base.url, skus)
             for c in clients:
                 log(f"{backend}: orders with {c} clients")
                 result["clients"][c] = {"orders": _orders(base, shop, c, seconds)}
