@@ -308,14 +308,6 @@ def begin_immediate(dbapi_connection: Any, *, wait: bool = True) -> None:
     """
     dbapi_connection.execute("PRAGMA busy_timeout=0")
     try:
-        if not wait:
-            try:
-                dbapi_connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise WriteLockBusy from None
-                raise
-            return
         delay = 0.00005
         deadline = time.monotonic() + WRITE_LOCK_WAIT_SECONDS
         while True:
@@ -325,6 +317,8 @@ def begin_immediate(dbapi_connection: Any, *, wait: bool = True) -> None:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
+                if not wait:
+                    raise WriteLockBusy from None
                 if time.monotonic() > deadline:
                     raise
             time.sleep(delay)
