@@ -19,27 +19,44 @@ free at once, and raises :class:`WriteLockBusy` otherwise, before any work: it
 lets a short write run on the event loop thread when nobody else is writing
 (on SQLite the hop to a thread pool costs more than the write itself) and go
 to the thread pool when it would have to wait.
+
+On PostgreSQL, :meth:`Database.on_loop` runs the same blocking use-case code on
+the event loop: inside it, sessions and connections come from an asyncio engine
+of that loop and each statement awaits its round trip (SQLAlchemy's greenlet
+bridge), so a request's work needs no thread and never hands the GIL over
+while it waits on the database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import structlog
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid, create_engine, event
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from opsline.settings import Settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 log = structlog.get_logger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -91,6 +108,34 @@ class WriteLockBusy(Exception):
     """``unit_of_work(wait=False)`` found the write lock taken; nothing was done."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Binds:
+    """The sessions and the autocommit lookups of one engine."""
+
+    sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
+    lookups: Engine
+
+    @classmethod
+    def of(cls, engine: Engine, *, sqlite: bool) -> _Binds:
+        return cls(
+            sessions=sessionmaker(engine, expire_on_commit=False, autoflush=True),
+            read_sessions=sessionmaker(
+                engine.execution_options(opsline_read_only=True), expire_on_commit=False
+            ),
+            # SQLite: our begin hook skips BEGIN; PostgreSQL: psycopg's autocommit.
+            lookups=(
+                engine.execution_options(opsline_no_transaction=True)
+                if sqlite
+                else engine.execution_options(isolation_level="AUTOCOMMIT")
+            ),
+        )
+
+
+# Set while Database.on_loop runs a function: that database's binds on the loop.
+_on_loop: ContextVar[tuple[Database, _Binds] | None] = ContextVar("opsline_on_loop", default=None)
+
+
 class Database:
     """One engine per process, shared by the API, the workers and the CLI."""
 
@@ -99,23 +144,67 @@ class Database:
         self.url = settings.sqlalchemy_url
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine = _create_engine(settings, self.url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
-        self._read_engine = self.engine.execution_options(opsline_read_only=True)
-        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
-        # SQLite: our begin hook skips BEGIN; PostgreSQL: psycopg's autocommit.
-        self._lookup_engine = (
-            self.engine.execution_options(opsline_no_transaction=True)
-            if self.is_sqlite
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        self._binds = _Binds.of(self.engine, sqlite=self.is_sqlite)
         # SQLite has one writer at a time: queue this process's writers here.
         self._write_lock: threading.RLock | nullcontext[None] = (
             threading.RLock() if self.is_sqlite else nullcontext()
         )
+        # PostgreSQL: an asyncio engine per event loop, for on_loop.
+        self._loop_engines: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncEngine, _Binds]
+        ] = weakref.WeakKeyDictionary()
+        self._loop_engines_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def supports_on_loop(self) -> bool:
+        """Whether :meth:`on_loop` is available (PostgreSQL)."""
+        return not self.is_sqlite
+
+    async def on_loop(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking database code on the event loop, its statements awaited.
+
+        ``work`` is ordinary synchronous code (units of work, reads); while it
+        runs, this database's sessions use an asyncio connection of the running
+        loop and every statement yields to the loop until its result arrives.
+        Anything else ``work`` blocks on (a socket, a sleep) blocks the loop:
+        use it only for work that waits on nothing but this database.
+        """
+        from sqlalchemy.util import greenlet_spawn
+
+        binds = self._loop_binds()
+        token = _on_loop.set((self, binds))
+        try:
+            return cast(T, await greenlet_spawn(functools.partial(work, *args, **kwargs)))
+        finally:
+            _on_loop.reset(token)
+
+    def _loop_binds(self) -> _Binds:
+        if not self.supports_on_loop:
+            raise ValueError("on_loop needs PostgreSQL; SQLite runs its writes inline")
+        loop = asyncio.get_running_loop()
+        found = self._loop_engines.get(loop)
+        if found is not None:
+            return found[1]
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        with self._loop_engines_lock:
+            found = self._loop_engines.get(loop)
+            if found is None:
+                engine = create_async_engine(self.url, **_pool_options(self.settings))
+                _ping_when_idle(engine.sync_engine)
+                found = (engine, _Binds.of(engine.sync_engine, sqlite=False))
+                self._loop_engines[loop] = found
+        return found[1]
+
+    def _current(self) -> _Binds:
+        on_loop = _on_loop.get()
+        if on_loop is not None and on_loop[0] is self:
+            return on_loop[1]
+        return self._binds
 
     @contextmanager
     def unit_of_work(self, *, wait: bool = True) -> Iterator[UnitOfWork]:
@@ -125,7 +214,7 @@ class Database:
         having done nothing, if another thread or process holds the write lock.
         """
         with self._writer(wait):
-            uow = UnitOfWork(self._sessions())
+            uow = UnitOfWork(self._current().sessions())
             try:
                 if not wait:  # BEGIN IMMEDIATE now, once: WriteLockBusy if taken
                     uow.session.connection(execution_options={"opsline_no_wait": True})
@@ -158,7 +247,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only session; never holds the SQLite write lock."""
-        session = self._read_sessions()
+        session = self._current().read_sessions()
         try:
             yield session
         finally:
@@ -174,11 +263,24 @@ class Database:
         and this saves the BEGIN and ROLLBACK (two round trips on PostgreSQL).
         Use :meth:`read` when several statements must see one snapshot.
         """
-        with self._lookup_engine.connect() as conn:
+        with self._current().lookups.connect() as conn:
             yield conn
+
+    async def dispose_on_loop(self) -> None:
+        """Close the asyncio engine of the running loop, if :meth:`on_loop` made one."""
+        with self._loop_engines_lock:
+            found = self._loop_engines.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].dispose()
 
     def dispose(self) -> None:
         self.engine.dispose()
+        with self._loop_engines_lock:
+            engines = [engine for engine, _binds in self._loop_engines.values()]
+            self._loop_engines.clear()
+        for engine in engines:
+            # Their loops are gone or elsewhere: drop the pools without I/O.
+            engine.sync_engine.dispose(close=False)
 
 
 class UnitOfWork:
@@ -261,13 +363,49 @@ def _create_engine(settings: Settings, url: str) -> Engine:
         )
         _configure_sqlite(engine, settings.sqlite_synchronous, settings.sqlite_wal_autocheckpoint)
         return engine
-    return create_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-    )
+    engine = create_engine(url, **_pool_options(settings))
+    _ping_when_idle(engine)
+    return engine
+
+
+def _pool_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_pool_size,
+        "pool_recycle": 1800,
+    }
+
+
+# A pooled connection idle for longer is pinged before use, and replaced if dead.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a connection that sat in the pool for a while before handing it out.
+
+    Like ``pool_pre_ping``, which pings on every checkout: one round trip more
+    per transaction on a busy server, whose connections were all in use a
+    moment ago. A connection idle past ``PING_AFTER_IDLE_SECONDS`` (a server
+    restart, a network drop or a proxy's idle cut while nobody used it) is
+    pinged and, if dead, replaced before use. One that dies while busy fails
+    its statement; the pool then drops every connection older than the failure.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["opsline_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("opsline_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            raise DisconnectionError("connection died while idle in the pool")
 
 
 def _configure_sqlite(engine: Engine, synchronous: str, wal_autocheckpoint: int) -> None:

@@ -122,11 +122,9 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def all_in_process(self) -> bool:
-        """SQLite and no Redis or broker: nothing a request does waits on the network."""
-        return (
-            self.sqlalchemy_url.startswith("sqlite") and not self.redis_url and not self.broker_url
-        )
+    def waits_only_on_database(self) -> bool:
+        """No Redis and no broker: a request's blocking calls all go to the database."""
+        return not self.redis_url and not self.broker_url
 
     @field_validator("redis_url")
     @classmethod

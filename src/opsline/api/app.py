@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             yield
         finally:
+            await runtime.db.dispose_on_loop()
             runtime.stop_background()
 
     app = FastAPI(

@@ -28,8 +28,8 @@ from opsline.orders.schemas import (
     StockAdjustmentIn,
 )
 from opsline.platform.context import Context
+from opsline.platform.http.db_work import run_write
 from opsline.platform.http.deps import RequirePermission
-from opsline.platform.http.local_writes import run_write
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.idempotency.service import check_key
 
@@ -129,9 +129,9 @@ async def place_order(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     key = check_key(idempotency_key, required=ctx.settings.idempotency_required)
-    # Placed on the event loop when nothing can wait (see platform.http.local_writes).
+    # Placed on the event loop when it waits on nothing but the database (db_work).
     outcome = await run_write(
-        ctx.settings, lambda wait: service.place_order(ctx, body, idempotency_key=key, wait=wait)
+        ctx.db, lambda wait: service.place_order(ctx, body, idempotency_key=key, wait=wait)
     )
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else {}
     media = "application/problem+json" if outcome.status >= 400 else "application/json"

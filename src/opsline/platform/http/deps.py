@@ -7,12 +7,11 @@ dependency authenticates the request, checks the permission (403 when the
 principal's role lacks it), applies the per-principal rate limit, and hands
 the endpoint a :class:`Context` bound to the principal's tenant.
 
-The live-session lookup is a blocking read. When everything is in process
-(SQLite, in-memory rate limits: ``Settings.all_in_process``) checking an access
-token is microseconds of work that waits on nothing, so it runs on the event
-loop: the hop to the thread pool and back would cost more than the check. With
-PostgreSQL or Redis, and for API keys (whose use may be written down), it runs
-in the thread pool.
+The live-session lookup is a blocking read. When it waits on nothing but the
+database (no Redis rate limits: ``Settings.waits_only_on_database``) it runs on
+the event loop (see ``opsline.platform.http.db_work``): the hop to the thread
+pool and back would cost more than the check. On SQLite an API key, whose use
+may be written down (and so wait on the write lock), is checked in the pool.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from opsline.platform.auth.models import ApiKey, AuthSession, User
 from opsline.platform.auth.roles import Role, get_permission
 from opsline.platform.auth.tokens import TokenError, digest
 from opsline.platform.context import Context, Principal, RequestInfo
+from opsline.platform.http.db_work import run_read
 from opsline.platform.http.problems import Forbidden, Unauthorized
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy.models import Membership
@@ -186,9 +186,12 @@ def _context_dependency(permission: str | None) -> Any:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         api_key: Annotated[str | None, Depends(_api_key)],
     ) -> Context:
-        if bearer is not None and bearer.credentials and runtime.settings.all_in_process:
+        def check() -> Context:
             return resolve(request, response, runtime, bearer, api_key)
-        return await run_in_threadpool(resolve, request, response, runtime, bearer, api_key)
+
+        if runtime.db.is_sqlite and not (bearer is not None and bearer.credentials):
+            return await run_in_threadpool(check)
+        return await run_read(runtime.db, check)
 
     dependency.__opsline_permission__ = permission or "authenticated"  # type: ignore[attr-defined]
     return Depends(dependency)

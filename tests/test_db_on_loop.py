@@ -1,0 +1,153 @@
+"""Database work on the event loop (PostgreSQL), and the pool's ping of idle connections."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+import opsline.db
+from opsline.db import Database
+from opsline.platform.runtime import Runtime
+
+
+@pytest.fixture
+def db(runtime: Runtime) -> Database:
+    if runtime.db.is_sqlite:
+        pytest.skip("on_loop and the idle ping are PostgreSQL's")
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(text("CREATE TABLE scratch_loop (id INTEGER PRIMARY KEY, n INTEGER)"))
+        uow.session.execute(text("INSERT INTO scratch_loop VALUES (1, 0)"))
+    return runtime.db
+
+
+def _value(db: Database) -> int:
+    with db.read() as session:
+        return int(session.execute(text("SELECT n FROM scratch_loop WHERE id = 1")).scalar_one())
+
+
+def test_on_loop_runs_blocking_code_on_the_loop_thread_with_an_asyncio_connection(
+    db: Database,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def work() -> int:
+        seen["thread"] = threading.get_ident()
+        with db.unit_of_work() as uow:
+            seen["driver"] = type(uow.connection.connection.driver_connection).__name__
+            uow.session.execute(text("UPDATE scratch_loop SET n = n + 1 WHERE id = 1"))
+        with db.read_connection() as conn:
+            return int(conn.execute(text("SELECT n FROM scratch_loop WHERE id = 1")).scalar_one())
+
+    async def main() -> int:
+        seen["loop_thread"] = threading.get_ident()
+        try:
+            return await db.on_loop(work)
+        finally:
+            await db.dispose_on_loop()
+
+    assert asyncio.run(main()) == 1
+    assert seen["thread"] == seen["loop_thread"]
+    assert seen["driver"] == "AsyncConnection"
+    # Outside on_loop the same code uses the blocking engine, from any thread.
+    assert work() == 2
+    assert seen["driver"] == "Connection"
+
+
+def test_a_lock_wait_suspends_the_request_not_the_loop(db: Database) -> None:
+    holder = psycopg.connect(_conninfo(db))
+    holder.execute("UPDATE scratch_loop SET n = 100 WHERE id = 1")  # row locked until commit
+
+    def update() -> None:
+        with db.unit_of_work() as uow:
+            uow.session.execute(text("UPDATE scratch_loop SET n = n + 1 WHERE id = 1"))
+
+    async def main() -> int:
+        ticks = 0
+        waiting = asyncio.ensure_future(db.on_loop(update))
+        for _ in range(20):  # the loop keeps running while the update waits on the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+            assert not waiting.done()
+        holder.commit()
+        await waiting
+        await db.dispose_on_loop()
+        return ticks
+
+    try:
+        assert asyncio.run(main()) == 20
+    finally:
+        holder.close()
+    assert _value(db) == 101
+
+
+def test_each_event_loop_gets_its_own_engine(db: Database) -> None:
+    def bump() -> None:
+        with db.unit_of_work() as uow:
+            uow.session.execute(text("UPDATE scratch_loop SET n = n + 1 WHERE id = 1"))
+
+    engines = []
+
+    async def main() -> None:
+        await db.on_loop(bump)
+        engines.append(db._loop_binds().lookups.engine)
+        await db.dispose_on_loop()  # as the app's lifespan does when it stops
+
+    for _ in range(3):  # an asyncio connection belongs to its loop: never shared
+        asyncio.run(main())
+    assert len({id(engine) for engine in engines}) == 3
+    assert _value(db) == 3
+
+
+def test_on_loop_is_refused_on_sqlite(runtime: Runtime) -> None:
+    if not runtime.db.is_sqlite:
+        pytest.skip("SQLite")
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        asyncio.run(runtime.db.on_loop(lambda: None))
+
+
+def _terminate(db: Database, pid: int) -> None:
+    with psycopg.connect(_conninfo(db), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def _conninfo(db: Database) -> str:
+    return db.url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _backend_pid(db: Database) -> int:
+    with db.read_connection() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_connection_that_died_while_idle_is_replaced_before_use(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.dispose()
+    dead = _backend_pid(db)
+    _terminate(db, dead)
+    monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    assert _backend_pid(db) != dead  # pinged, found dead, replaced: no error
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings: list[object] = []
+    ping = db.engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: Any) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(db.engine.dialect, "do_ping", counting_ping)
+    for _ in range(5):
+        _backend_pid(db)
+    assert pings == []
+    monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    _backend_pid(db)
+    assert len(pings) == 1
