@@ -4,7 +4,10 @@ The engine announces job, batch and event changes on channel
 ``tenant:<id>`` (``system`` for jobs without a tenant) through the
 :class:`~opsline.platform.realtime.PubSub` bound to the database URL by the
 composition root (``bind_pubsub``). With none bound, announcing is a no-op.
-Announcements are published only after the unit of work commits.
+Announcements are published only once the unit of work commits: after the
+commit, or, when the pub/sub is PostgreSQL's ``NOTIFY`` on the same database,
+by a ``NOTIFY`` in the transaction itself, which PostgreSQL delivers on commit
+and drops on rollback (no connection or round trip of its own).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from opsline.db import Database, UnitOfWork
-from opsline.platform.realtime import PubSub
+from opsline.platform.realtime import PostgresPubSub, PubSub
+from opsline.platform.realtime.pubsub import notify_statement
 
 log = structlog.get_logger(__name__)
 
@@ -56,13 +60,24 @@ def announce(uow: UnitOfWork, kind: str, tenant_id: uuid.UUID | None, data: dict
 def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> None:
     """Queue ``message`` on channel ``name`` for after commit; a unit of work's
     messages are published together (one round trip), and dropped on rollback."""
-    pubsub = pubsub_for(uow.session.get_bind().engine)
+    bind = uow.session.get_bind()
+    pubsub = pubsub_for(bind.engine)
     if pubsub is None:
         return
     messages: list[tuple[str, dict[str, Any]]] = uow.info.setdefault("engine_changes", [])
     if not messages:
-        uow.after_commit(lambda: send(pubsub, messages))
+        if isinstance(pubsub, PostgresPubSub) and bind.dialect.name == "postgresql":
+            uow.last(lambda: _notify_in_transaction(uow, messages))
+        else:
+            uow.after_commit(lambda: send(pubsub, messages))
     messages.append((name, message))
+
+
+def _notify_in_transaction(uow: UnitOfWork, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    statement = notify_statement(messages)
+    messages.clear()  # a message queued after this step runs queues a step of its own
+    if statement is not None:
+        uow.connection.exec_driver_sql(statement[0], tuple(statement[1]))
 
 
 def job_changes(outcomes: list[Any]) -> list[tuple[str, dict[str, Any]]]:

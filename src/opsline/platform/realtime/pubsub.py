@@ -20,8 +20,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from opsline.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 Message = dict[str, Any]
 PG_CHANNEL = "opsline_realtime"
@@ -164,17 +167,13 @@ class PostgresPubSub:
     def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         import psycopg
 
-        if not messages:
+        statement = notify_statement(messages)
+        if statement is None:
             return
-        params: list[str] = []
-        for channel, message in messages:
-            params += [PG_CHANNEL, orjson.dumps({**message, "channel": channel}).decode()]
-        # One statement, one round trip; notifications keep their order.
-        sql = "SELECT " + ", ".join(["pg_notify(%s, %s)"] * len(messages))
         with self._lock:
             if self._connection is None or self._connection.closed:
                 self._connection = psycopg.connect(self._conninfo, autocommit=True)
-            self._connection.execute(sql, params)
+            self._connection.execute(*statement)
 
     def subscribe(self, *channels: str) -> Subscription:
         return _PostgresSubscription(self._conninfo, set(channels))
@@ -210,6 +209,29 @@ class _PostgresSubscription:
 
     def close(self) -> None:
         self._connection.close()
+
+
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more.
+PG_PAYLOAD_LIMIT = 8000
+
+
+def notify_statement(messages: Sequence[tuple[str, Message]]) -> tuple[str, list[str]] | None:
+    """One ``SELECT pg_notify(...), ...`` for ``messages`` (in order), or None if none fit.
+
+    Run in a transaction, PostgreSQL delivers the notifications when it commits
+    and drops them if it rolls back. A message over the payload limit is dropped
+    with a warning (delivery is best effort) rather than failing the statement.
+    """
+    params: list[str] = []
+    for channel, message in messages:
+        payload = orjson.dumps({**message, "channel": channel}).decode()
+        if len(payload.encode()) >= PG_PAYLOAD_LIMIT:
+            log.warning("realtime_message_too_large", channel=channel, bytes=len(payload))
+            continue
+        params += [PG_CHANNEL, payload]
+    if not params:
+        return None
+    return "SELECT " + ", ".join(["pg_notify(%s, %s)"] * (len(params) // 2)), params
 
 
 def create_pubsub(settings: Settings) -> PubSub:
