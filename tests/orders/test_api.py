@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import update
 
 from opsline.orders.models import products_table
-from opsline.platform.idempotency.service import LOCK_WAIT_MS
 from opsline.platform.runtime import Runtime
 from tests.helpers import assert_problem, signup
 from tests.orders.conftest import Shop, wait_for
@@ -189,26 +188,56 @@ def test_a_refused_order_is_replayed_as_refused(shop: Shop) -> None:
     assert again.headers["idempotent-replayed"] == "true"
 
 
-def test_an_order_waits_for_a_busy_product_row_past_the_key_lock_timeout(
-    shop: Shop, runtime: Runtime
-) -> None:
-    # Only the idempotency key's insert has a short lock timeout (in-flight
-    # duplicates answer 409); the stock decrement after it must wait its turn.
-    product = shop.product(stock=5)
+def _lock_row(runtime: Runtime, product_id: str) -> Any:
     holder = runtime.db.engine.connect()
     holder.begin()
     holder.execute(
         update(products_table)
-        .where(products_table.c.id == uuid.UUID(product["id"]))
+        .where(products_table.c.id == uuid.UUID(product_id))
         .values(stock=products_table.c.stock)
     )
+    return holder
+
+
+def test_an_order_waits_for_a_busy_product_row_as_long_as_it_takes(
+    shop: Shop, runtime: Runtime
+) -> None:
+    # The stock decrement waits its turn on a row another transaction holds.
+    product = shop.product(stock=5)
+    holder = _lock_row(runtime, product["id"])
     with ThreadPoolExecutor(1) as pool:
         placing = pool.submit(shop.order, [(product["id"], 1)])
-        time.sleep(3 * LOCK_WAIT_MS / 1000)
+        time.sleep(0.75)
+        assert not placing.done()
         holder.commit()
         holder.close()
         response = placing.result(timeout=30)
     assert response.status_code == 201, response.text
+    assert shop.stock(product["id"]) == 4
+
+
+def test_the_same_key_while_the_first_request_is_open_is_409_at_once(
+    shop: Shop, runtime: Runtime
+) -> None:
+    if runtime.db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: the second request replays the first")
+    product = shop.product(stock=5)
+    holder = _lock_row(runtime, product["id"])  # the first request stops after its key
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(shop.order, [(product["id"], 1)], key="open")
+        time.sleep(0.5)
+        assert not first.done()
+        second = shop.order([(product["id"], 1)], key="open")
+        still_open = not first.done()  # answered without waiting for the first to end
+        holder.commit()
+        holder.close()
+        assert first.result(timeout=30).status_code == 201
+    body = assert_problem(second, 409)
+    assert "in progress" in body["detail"]
+    assert still_open
+    replay = shop.order([(product["id"], 1)], key="open")
+    assert replay.status_code == 201
+    assert replay.headers["idempotent-replayed"] == "true"
     assert shop.stock(product["id"]) == 4
 
 

@@ -7,10 +7,11 @@ constraint decides which of two concurrent requests with one key commits:
 
 - same key, same request, first one committed -> the stored response, replayed;
 - same key, different request -> 422;
-- same key while the first request's transaction is still open -> 409 (on
-  PostgreSQL the insert waits on the first transaction's unique-index entry for
-  at most ``LOCK_WAIT_MS`` and then answers 409; SQLite runs one writer at a
-  time, so the second request simply finds the first committed and replays it).
+- same key while the first request's transaction is still open -> 409 at once
+  (on PostgreSQL the key's row is inserted only by a transaction that holds a
+  transaction-scoped advisory lock on the key, tried without waiting, in the
+  same statement; SQLite runs one writer at a time, so the second request
+  simply finds the first committed and replays it).
 
 A refused use case (a 409 for lack of stock, say) stores its problem response
 too: its work is rolled back, then the key is written with the problem.
@@ -26,8 +27,8 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import Table, delete, insert, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Table, bindparam, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from opsline.db import Database, UnitOfWork, utcnow
 from opsline.platform.context import Context
@@ -37,12 +38,28 @@ from opsline.platform.idempotency.models import IdempotencyKey
 T = TypeVar("T")
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
-LOCK_WAIT_MS = 250
 
 K = IdempotencyKey
-_INSERT_KEY = insert(cast(Table, IdempotencyKey.__table__))
-_LOCK_TIMEOUT = text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'")
-_NO_LOCK_TIMEOUT = text("SET LOCAL lock_timeout TO DEFAULT")
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_COLUMNS = [c.name for c in _KEYS.columns]
+_INSERT_KEY = insert(_KEYS)
+# The advisory lock's first key sets our locks apart from other users' (and a
+# two-key lock never collides with a one-key one); its second is the key's hash.
+ADVISORY_LOCK_CLASS = 0x4F4B
+# PostgreSQL: the row goes in only if no open transaction claims this key, asked
+# without waiting; one statement, one round trip.
+_CLAIM_KEY_PG = (
+    insert(_KEYS)
+    .from_select(
+        _COLUMNS,
+        select(*(bindparam(name, type_=_KEYS.c[name].type) for name in _COLUMNS)).where(
+            func.pg_try_advisory_xact_lock(
+                ADVISORY_LOCK_CLASS, func.hashtext(bindparam("lock_key"))
+            )
+        ),
+    )
+    .returning(_KEYS.c.id)
+)
 
 
 class KeyInFlight(Conflict):
@@ -128,6 +145,8 @@ def _first_run(
             body = action(uow)
             _claim(uow, ctx, key, request_fingerprint, status, body)
             uow.run_last()  # the use case's hot-row statements, after the key
+        except KeyInFlight:
+            raise  # about the key, not an answer of the use case's to store
         except Problem as exc:
             problem, status, body = exc, exc.status, exc.body()
             uow.rollback()
@@ -145,36 +164,26 @@ def _claim(
     status: int,
     body: dict[str, Any],
 ) -> None:
-    conn = uow.connection
-    is_pg = conn.dialect.name == "postgresql"
-    if is_pg:
-        conn.execute(_LOCK_TIMEOUT)
     now = utcnow()
-    try:
-        conn.execute(
-            _INSERT_KEY,
-            {
-                "id": uuid.uuid4(),
-                "tenant_id": ctx.tenant_id,
-                "principal": ctx.principal.subject,
-                "key": key,
-                "fingerprint": request_fingerprint,
-                "response_status": status,
-                "response_body": body,
-                "created_at": now,
-                "expires_at": now + TTL,
-            },
-        )
-    except OperationalError as exc:
-        if "lock timeout" in str(exc.orig).lower() or "55P03" in str(
-            getattr(exc.orig, "sqlstate", "")
-        ):
-            raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
-        raise
-    if is_pg:
-        # Only the key waits at most LOCK_WAIT_MS: the statements after it (a
-        # stock decrement on a busy row) wait for their locks as long as needed.
-        conn.execute(_NO_LOCK_TIMEOUT)
+    row = {
+        "id": uuid.uuid4(),
+        "tenant_id": ctx.tenant_id,
+        "principal": ctx.principal.subject,
+        "key": key,
+        "fingerprint": request_fingerprint,
+        "response_status": status,
+        "response_body": body,
+        "created_at": now,
+        "expires_at": now + TTL,
+    }
+    conn = uow.connection
+    if conn.dialect.name != "postgresql":
+        conn.execute(_INSERT_KEY, row)
+        return
+    lock_key = f"{ctx.tenant_id}\x1f{ctx.principal.subject}\x1f{key}"
+    claimed = conn.execute(_CLAIM_KEY_PG, {**row, "lock_key": lock_key}).first()
+    if claimed is None:
+        raise KeyInFlight("a request with this Idempotency-Key is in progress")
 
 
 def _stored(ctx: Context, key: str) -> IdempotencyKey | None:
