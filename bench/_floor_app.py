@@ -4,7 +4,8 @@ Same server settings as Opsline's (uvicorn, one process, httptools when installe
 and the same database engine set-up (``opsline.db.Database``: WAL, synchronous,
 BEGIN IMMEDIATE on SQLite). Two endpoints, as Opsline runs its own: ``/insert`` is
 a sync endpoint (the thread pool), ``/insert-inline`` an async one that inserts on
-the event loop, as Opsline places orders on SQLite.
+the event loop as Opsline places orders: inline on SQLite, its statement awaited
+on PostgreSQL (``Database.on_loop``).
 Run: ``python -m bench._floor_app PORT`` with the OPSLINE_* database variables.
 """
 
@@ -47,6 +48,8 @@ def build() -> FastAPI:
 
     @app.post("/insert-inline", status_code=201)
     async def insert_inline(body: dict[str, object]) -> dict[str, str]:
+        if db.supports_on_loop:
+            return await db.on_loop(write, body)
         return write(body)
 
     return app

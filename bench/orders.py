@@ -5,7 +5,7 @@ orders with unique Idempotency-Keys for a fixed time: once on one hot SKU, once
 spread over a catalogue. In the same run, on the same database and client count:
 
 - the HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``),
-  in the thread pool, and on SQLite also on the event loop (as orders are placed there);
+  in the thread pool, and on the event loop as orders are placed;
 - the raw conditional stock UPDATE rate (pgbench on PostgreSQL, a sqlite3 loop on SQLite);
 - the orders again with the optional Redis lock layer on.
 
@@ -247,7 +247,7 @@ def run_backend(
             result["oversell"] += _conservation(env)["oversell"]
         log(f"{backend}: HTTP floor")
         floors = _floor(env, clients, seconds, "/insert")
-        inline = _floor(env, clients, seconds, "/insert-inline") if backend == "sqlite" else {}
+        inline = _floor(env, clients, seconds, "/insert-inline")
         for c in clients:
             result["clients"][c]["floor_insert"] = floors[c]
             if c in inline:
