@@ -1,4 +1,4 @@
-"""Database work on the event loop (PostgreSQL), and the pool's ping of idle connections."""
+"""Database work on the event loop (PostgreSQL), and its pool's ping of idle connections."""
 
 from __future__ import annotations
 
@@ -124,30 +124,54 @@ def _backend_pid(db: Database) -> int:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
+def _on_one_loop(db: Database, *steps: Any) -> list[Any]:
+    """Run each step with ``on_loop`` in turn, all on one event loop."""
+
+    async def main() -> list[Any]:
+        try:
+            return [await db.on_loop(step) for step in steps]
+        finally:
+            await db.dispose_on_loop()
+
+    return asyncio.run(main())
+
+
 def test_a_connection_that_died_while_idle_is_replaced_before_use(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.dispose()
-    dead = _backend_pid(db)
-    _terminate(db, dead)
-    monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
-    assert _backend_pid(db) != dead  # pinged, found dead, replaced: no error
+    def kill_then_use() -> tuple[int, int]:
+        dead = _backend_pid(db)
+        _terminate(db, dead)
+        monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        return dead, _backend_pid(db)
+
+    [(dead, used)] = _on_one_loop(db, kill_then_use)
+    assert used != dead  # pinged, found dead, replaced: no error
 
 
 def test_a_connection_used_a_moment_ago_is_not_pinged(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pings: list[object] = []
-    ping = db.engine.dialect.do_ping
 
-    def counting_ping(dbapi_connection: Any) -> bool:
-        pings.append(dbapi_connection)
-        return ping(dbapi_connection)
+    def use_five_times() -> None:
+        dialect = db._current().lookups.dialect
+        ping = dialect.do_ping
 
-    monkeypatch.setattr(db.engine.dialect, "do_ping", counting_ping)
-    for _ in range(5):
+        def counting_ping(dbapi_connection: Any) -> bool:
+            pings.append(dbapi_connection)
+            return ping(dbapi_connection)
+
+        monkeypatch.setattr(dialect, "do_ping", counting_ping)
+        for _ in range(5):
+            _backend_pid(db)
+
+    def use_after_idle() -> None:
+        monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
         _backend_pid(db)
+
+    _on_one_loop(db, use_five_times)
     assert pings == []
-    monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
-    _backend_pid(db)
+    pings.clear()
+    _on_one_loop(db, use_five_times, use_after_idle)
     assert len(pings) == 1
