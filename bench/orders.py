@@ -13,7 +13,8 @@ After the runs every product is checked: initial stock = final stock + units hel
 by live orders, and stock never negative; ``oversell`` counts violations (must be 0).
 A scarce round (stock 200, hot, many clients) checks that exactly the stock is sold.
 
-Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clients 1,8,32]``.
+Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clients 1,8,32]
+[--workers 2]`` (``--workers 0``: the requests alone, payments left pending).
 The last line of stdout is one JSON object.
 """
 
@@ -51,7 +52,6 @@ SERVER_ENV = {
     "OPSLINE_LOG_LEVEL": "WARNING",
     "OPSLINE_LOG_FORMAT": "json",
     "OPSLINE_SECRET_KEY": "bench-secret-" + "x" * 40,
-    "OPSLINE_EMBEDDED_WORKERS": "2",
     "OPSLINE_EMBEDDED_SCHEDULER": "false",
     "OPSLINE_ARGON2_TIME_COST": "1",
     "OPSLINE_ARGON2_MEMORY_KIB": "1024",
@@ -214,10 +214,10 @@ def _serve(env: dict[str, str]) -> tuple[list[str], int]:
 
 
 def run_backend(
-    backend: str, clients: list[int], seconds: float, skus: int, lock: bool
+    backend: str, clients: list[int], seconds: float, skus: int, lock: bool, workers: int
 ) -> dict[str, Any]:
     with database(backend) as env:
-        env = {**SERVER_ENV, **env}
+        env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(workers)}
         run_cli(opsline("migrate"), env)
         result: dict[str, Any] = {"clients": {}}
         command, port = _serve(env)
@@ -285,6 +285,12 @@ def main() -> None:
     parser.add_argument("--clients", default=None, help="e.g. 1,8,32")
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--no-lock", action="store_true", help="skip the Redis lock layer runs")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="embedded payment workers in the server; 0 measures the requests alone",
+    )
     args = parser.parse_args()
     require_wrk()
     clients = [int(c) for c in (args.clients or ("8" if args.quick else "1,8,32")).split(",")]
@@ -293,10 +299,20 @@ def main() -> None:
     backends = {}
     for backend in args.backends.split(","):
         try:
-            backends[backend] = run_backend(backend, clients, seconds, skus, lock=not args.no_lock)
+            backends[backend] = run_backend(
+                backend, clients, seconds, skus, lock=not args.no_lock, workers=args.workers
+            )
         except Exception as exc:  # one backend failing must not hide the other's figures
             backends[backend] = {"error": f"{type(exc).__name__}: {exc}"}
-    emit({"benchmark": "orders", "quick": args.quick, "seconds": seconds, "backends": backends})
+    emit(
+        {
+            "benchmark": "orders",
+            "quick": args.quick,
+            "seconds": seconds,
+            "workers": args.workers,
+            "backends": backends,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ _KEYS = cast(Table, IdempotencyKey.__table__)
 _COLUMNS = [c.name for c in _KEYS.columns]
 _INSERT_KEY = insert(_KEYS)
 # The advisory lock's first key sets our locks apart from other users' (and a
-# two-key lock never collides with a one-key one); its second is the key's hash.
+# two-key lock never collides with a one-key one); its second is the key's
+# 32-bit hash: two different keys in flight at once share a lock one time in
+# four billion, and the later one then answers a 409 that a retry clears.
 ADVISORY_LOCK_CLASS = 0x4F4B
 # PostgreSQL: the row goes in only if no open transaction claims this key, asked
 # without waiting; one statement, one round trip.
