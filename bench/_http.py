@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -102,15 +102,19 @@ def wrk(
     clients: int,
     seconds: float,
     auth: str = "",
+    helpers: Sequence[int] = (),
 ) -> dict[str, float]:
     """POST ``bodies`` (cycled) to ``path`` with ``clients`` connections for ``seconds``.
 
     Besides rates and latencies, the server's CPU milliseconds and context
     switches per request (all its threads, from /proc): steadier than the rate
-    on a noisy machine, and where a thread-pool hop shows.
+    on a noisy machine, and where a thread-pool hop shows. ``helpers`` are
+    processes working for the server (a worker process): their CPU per request
+    over the same window is ``helper_cpu_ms_per_request``.
     """
     url = target.url
     cpu_before, switches_before = _usage(target.pid)
+    helpers_before = sum(_usage(pid)[0] for pid in helpers)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -141,11 +145,12 @@ def wrk(
             check=True,
         ).stdout
     cpu_after, switches_after = _usage(target.pid)
+    helpers_after = sum(_usage(pid)[0] for pid in helpers)
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds_run = raw["duration_us"] / 1e6
     requests = max(1, raw["requests"])
-    return {
+    result = {
         "requests": raw["requests"],
         "per_s": round(raw["requests"] / seconds_run, 1),
         "p50_ms": round(raw["p50_us"] / 1000, 2),
@@ -155,6 +160,11 @@ def wrk(
         "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / requests, 2),
         "server_switches_per_request": round((switches_after - switches_before) / requests, 1),
     }
+    if helpers:
+        result["helper_cpu_ms_per_request"] = round(
+            1000 * (helpers_after - helpers_before) / requests, 2
+        )
+    return result
 
 
 @contextmanager
@@ -213,13 +223,49 @@ def server(command: list[str], env: Mapping[str, str], port: int, ready: str) ->
             time.sleep(0.1)
         yield Served(base, process.pid)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process)
         log_file.close()
+
+
+@contextmanager
+def background(command: list[str], env: Mapping[str, str]) -> Iterator[int]:
+    """Run ``command`` (a worker, say) in its own process group; yield its pid once it
+    has started up (gone idle: its start-up CPU is not the work measured); stop it."""
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_idle(process)
+        yield process.pid
+    finally:
+        _stop(process)
+
+
+def _wait_idle(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args!r} did not settle in {timeout:.0f} s")
+        before = _usage(process.pid)[0]
+        time.sleep(0.3)
+        quiet = quiet + 1 if _usage(process.pid)[0] - before < 0.03 else 0
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def opsline(*args: str) -> list[str]:

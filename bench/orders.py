@@ -14,7 +14,9 @@ by live orders, and stock never negative; ``oversell`` counts violations (must b
 A scarce round (stock 200, hot, many clients) checks that exactly the stock is sold.
 
 Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clients 1,8,32]
-[--workers 2]`` (``--workers 0``: the requests alone, payments left pending).
+[--workers 2] [--worker-process]`` (``--workers 0``: the requests alone, payments left
+pending; ``--worker-process``: the payment workers in an ``opsline worker`` process of their
+own, whose CPU per order is ``helper_cpu_ms_per_request``).
 The last line of stdout is one JSON object.
 """
 
@@ -28,12 +30,15 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from bench._http import (
     Served,
+    background,
     database,
     emit,
     free_port,
@@ -97,7 +102,9 @@ def _body(product_id: str) -> str:
     return json.dumps({"items": [{"product_id": product_id, "quantity": 1}]})
 
 
-def _orders(base: Served, shop: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+def _orders(
+    base: Served, shop: dict[str, Any], clients: int, seconds: float, helpers: list[int]
+) -> dict[str, Any]:
     hot = wrk(
         base,
         "/api/v1/orders",
@@ -105,6 +112,7 @@ def _orders(base: Served, shop: dict[str, Any], clients: int, seconds: float) ->
         clients=clients,
         seconds=seconds,
         auth=shop["auth"],
+        helpers=helpers,
     )
     spread = wrk(
         base,
@@ -113,8 +121,20 @@ def _orders(base: Served, shop: dict[str, Any], clients: int, seconds: float) ->
         clients=clients,
         seconds=seconds,
         auth=shop["auth"],
+        helpers=helpers,
     )
     return {"hot": hot, "spread": spread}
+
+
+@contextmanager
+def _payment_workers(env: dict[str, str], workers: int, separate: bool) -> Iterator[list[int]]:
+    """Payment workers in their own process (``opsline worker``) when ``separate``,
+    as a scaled-out deployment runs them; else the server's embedded threads."""
+    if not separate or workers == 0:
+        yield []
+        return
+    with background(opsline("worker", "--concurrency", str(workers)), env) as pid:
+        yield [pid]
 
 
 def _conservation(env: dict[str, str]) -> dict[str, int]:
@@ -214,18 +234,29 @@ def _serve(env: dict[str, str]) -> tuple[list[str], int]:
 
 
 def run_backend(
-    backend: str, clients: list[int], seconds: float, skus: int, lock: bool, workers: int
+    backend: str,
+    clients: list[int],
+    seconds: float,
+    skus: int,
+    *,
+    lock: bool,
+    workers: int,
+    worker_process: bool,
 ) -> dict[str, Any]:
     with database(backend) as env:
-        env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(workers)}
+        embedded = 0 if worker_process else workers
+        env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(embedded)}
         run_cli(opsline("migrate"), env)
         result: dict[str, Any] = {"clients": {}}
         command, port = _serve(env)
-        with server(command, env, port, "/health/ready") as base:
+        with (
+            server(command, env, port, "/health/ready") as base,
+            _payment_workers(env, workers, worker_process) as helpers,
+        ):
             shop = _shop(base.url, skus)
             for c in clients:
                 log(f"{backend}: orders with {c} clients")
-                result["clients"][c] = {"orders": _orders(base, shop, c, seconds)}
+                result["clients"][c] = {"orders": _orders(base, shop, c, seconds, helpers)}
             log(f"{backend}: scarce round")
             wrk(
                 base,
@@ -240,10 +271,15 @@ def run_backend(
         if lock:
             env_lock = {**env, **REDIS_LOCK_ENV}
             command, port = _serve(env_lock)
-            with server(command, env_lock, port, "/health/ready") as base:
+            with (
+                server(command, env_lock, port, "/health/ready") as base,
+                _payment_workers(env_lock, workers, worker_process) as helpers,
+            ):
                 for c in clients:
                     log(f"{backend}: orders with the Redis lock layer, {c} clients")
-                    result["clients"][c]["orders_with_redis_lock"] = _orders(base, shop, c, seconds)
+                    result["clients"][c]["orders_with_redis_lock"] = _orders(
+                        base, shop, c, seconds, helpers
+                    )
             result["oversell"] += _conservation(env)["oversell"]
         log(f"{backend}: HTTP floor")
         floors = _floor(env, clients, seconds, "/insert")
@@ -289,7 +325,12 @@ def main() -> None:
         "--workers",
         type=int,
         default=2,
-        help="embedded payment workers in the server; 0 measures the requests alone",
+        help="payment worker threads; 0 measures the order requests alone",
+    )
+    parser.add_argument(
+        "--worker-process",
+        action="store_true",
+        help="run the payment workers in their own process (opsline worker), not in the server",
     )
     args = parser.parse_args()
     require_wrk()
@@ -300,7 +341,13 @@ def main() -> None:
     for backend in args.backends.split(","):
         try:
             backends[backend] = run_backend(
-                backend, clients, seconds, skus, lock=not args.no_lock, workers=args.workers
+                backend,
+                clients,
+                seconds,
+                skus,
+                lock=not args.no_lock,
+                workers=args.workers,
+                worker_process=args.worker_process,
             )
         except Exception as exc:  # one backend failing must not hide the other's figures
             backends[backend] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -310,6 +357,7 @@ def main() -> None:
             "quick": args.quick,
             "seconds": seconds,
             "workers": args.workers,
+            "worker_process": args.worker_process,
             "backends": backends,
         }
     )
