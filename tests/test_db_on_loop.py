@@ -94,13 +94,40 @@ def test_each_event_loop_gets_its_own_engine(db: Database) -> None:
 
     async def main() -> None:
         await db.on_loop(bump)
-        engines.append(db._loop_binds().lookups.engine)
+        engines.append(db._loop_engine().engine)
         await db.dispose_on_loop()  # as the app's lifespan does when it stops
 
     for _ in range(3):  # an asyncio connection belongs to its loop: never shared
         asyncio.run(main())
     assert len({id(engine) for engine in engines}) == 3
     assert _value(db) == 3
+
+
+def test_at_most_db_loop_concurrency_units_run_at_once(db: Database) -> None:
+    bounded = Database(db.settings.model_copy(update={"db_loop_concurrency": 2}))
+    running, peak, done = 0, 0, []
+
+    def unit(n: int) -> None:
+        nonlocal running, peak
+        running += 1  # greenlets of one thread: no lock needed
+        peak = max(peak, running)
+        with bounded.unit_of_work() as uow:
+            uow.session.execute(text("SELECT pg_sleep(0.05)"))
+        running -= 1
+        done.append(n)
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(bounded.on_loop(unit, n) for n in range(6)))
+        finally:
+            await bounded.dispose_on_loop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        bounded.dispose()
+    assert peak == 2
+    assert sorted(done) == list(range(6))
 
 
 def test_on_loop_is_refused_on_sqlite(runtime: Runtime) -> None:

@@ -132,6 +132,15 @@ class _Binds:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _LoopEngine:
+    """An asyncio engine of one event loop, and the turns of work it runs at once."""
+
+    engine: AsyncEngine
+    binds: _Binds
+    turns: asyncio.Semaphore
+
+
 # Set while Database.on_loop runs a function: that database's binds on the loop.
 _on_loop: ContextVar[tuple[Database, _Binds] | None] = ContextVar("opsline_on_loop", default=None)
 
@@ -150,9 +159,9 @@ class Database:
             threading.RLock() if self.is_sqlite else nullcontext()
         )
         # PostgreSQL: an asyncio engine per event loop, for on_loop.
-        self._loop_engines: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncEngine, _Binds]
-        ] = weakref.WeakKeyDictionary()
+        self._loop_engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEngine] = (
+            weakref.WeakKeyDictionary()
+        )
         self._loop_engines_lock = threading.Lock()
 
     @property
@@ -172,23 +181,29 @@ class Database:
         loop and every statement yields to the loop until its result arrives.
         Anything else ``work`` blocks on (a socket, a sleep) blocks the loop:
         use it only for work that waits on nothing but this database.
+
+        At most ``db_loop_concurrency`` units run at once; the others wait their
+        turn, in order, before they start. Unbounded, a saturated loop keeps
+        dozens of transactions open, each waiting its turn on the loop between
+        statements while holding its row locks (a hot product's stock).
         """
         from sqlalchemy.util import greenlet_spawn
 
-        binds = self._loop_binds()
-        token = _on_loop.set((self, binds))
-        try:
-            return cast(T, await greenlet_spawn(functools.partial(work, *args, **kwargs)))
-        finally:
-            _on_loop.reset(token)
+        current = self._loop_engine()
+        async with current.turns:
+            token = _on_loop.set((self, current.binds))
+            try:
+                return cast(T, await greenlet_spawn(functools.partial(work, *args, **kwargs)))
+            finally:
+                _on_loop.reset(token)
 
-    def _loop_binds(self) -> _Binds:
+    def _loop_engine(self) -> _LoopEngine:
         if not self.supports_on_loop:
             raise ValueError("on_loop needs PostgreSQL; SQLite runs its writes inline")
         loop = asyncio.get_running_loop()
         found = self._loop_engines.get(loop)
         if found is not None:
-            return found[1]
+            return found
         from sqlalchemy.ext.asyncio import create_async_engine
 
         with self._loop_engines_lock:
@@ -196,9 +211,13 @@ class Database:
             if found is None:
                 engine = create_async_engine(self.url, **_pool_options(self.settings))
                 _ping_when_idle(engine.sync_engine)
-                found = (engine, _Binds.of(engine.sync_engine, sqlite=False))
+                found = _LoopEngine(
+                    engine,
+                    _Binds.of(engine.sync_engine, sqlite=False),
+                    asyncio.Semaphore(self.settings.db_loop_concurrency),
+                )
                 self._loop_engines[loop] = found
-        return found[1]
+        return found
 
     def _current(self) -> _Binds:
         on_loop = _on_loop.get()
@@ -271,12 +290,12 @@ class Database:
         with self._loop_engines_lock:
             found = self._loop_engines.pop(asyncio.get_running_loop(), None)
         if found is not None:
-            await found[0].dispose()
+            await found.engine.dispose()
 
     def dispose(self) -> None:
         self.engine.dispose()
         with self._loop_engines_lock:
-            engines = [engine for engine, _binds in self._loop_engines.values()]
+            engines = [found.engine for found in self._loop_engines.values()]
             self._loop_engines.clear()
         for engine in engines:
             # Their loops are gone or elsewhere: drop the pools without I/O.

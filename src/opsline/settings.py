@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # write-heavy API copies hot pages back far less often with more).
     sqlite_wal_autocheckpoint: int = Field(default=10_000, ge=0, le=1_000_000)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # PostgreSQL: units of database work running at once on the event loop; more
+    # requests wait their turn (in order) before they open a transaction, so that
+    # row locks are not held while a saturated loop gets round to their COMMIT.
+    db_loop_concurrency: int = Field(default=8, ge=1, le=1000)
     redis_url: str | None = None
     broker_url: str | None = None
 
