@@ -48,7 +48,7 @@ def build() -> FastAPI:
 
     @app.post("/insert-inline", status_code=201)
     async def insert_inline(body: dict[str, object]) -> dict[str, str]:
-        if db.supports_on_loop:
+        if not db.is_sqlite:
             return await db.on_loop(write, body)
         return write(body)
 

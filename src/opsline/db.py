@@ -48,6 +48,7 @@ from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid, create_eng
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from opsline.settings import Settings
 
@@ -168,11 +169,6 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    @property
-    def supports_on_loop(self) -> bool:
-        """Whether :meth:`on_loop` is available (PostgreSQL)."""
-        return not self.is_sqlite
-
     async def on_loop(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking database code on the event loop, its statements awaited.
 
@@ -187,8 +183,6 @@ class Database:
         dozens of transactions open, each waiting its turn on the loop between
         statements while holding its row locks (a hot product's stock).
         """
-        from sqlalchemy.util import greenlet_spawn
-
         current = self._loop_engine()
         async with current.turns:
             token = _on_loop.set((self, current.binds))
@@ -198,7 +192,7 @@ class Database:
                 _on_loop.reset(token)
 
     def _loop_engine(self) -> _LoopEngine:
-        if not self.supports_on_loop:
+        if self.is_sqlite:
             raise ValueError("on_loop needs PostgreSQL; SQLite runs its writes inline")
         loop = asyncio.get_running_loop()
         found = self._loop_engines.get(loop)

@@ -11,6 +11,7 @@ from opsline.db import Database
 from opsline.platform.engine.changes import bind_pubsub, channel, send_after_commit
 from opsline.platform.engine.events import publish
 from opsline.platform.realtime import InProcessPubSub, PostgresPubSub, create_pubsub
+from opsline.platform.realtime.pubsub import Subscription
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
 from tests.platform.engine.helpers import job_row, running_worker, wait_until
@@ -71,42 +72,45 @@ def notify_bus(db: Database) -> Iterator[PostgresPubSub]:
     pubsub.close()
 
 
-def test_postgres_notify_rides_in_the_transaction_and_arrives_on_commit(
-    db: Database, notify_bus: PostgresPubSub
-) -> None:
-    tenant = uuid.uuid4()
+@pytest.fixture
+def tenant() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@pytest.fixture
+def notified(notify_bus: PostgresPubSub, tenant: uuid.UUID) -> Iterator[Subscription]:
+    """A subscription to ``tenant``'s channel through PostgreSQL NOTIFY."""
     subscription = notify_bus.subscribe(channel(tenant))
-    try:
-        with pytest.raises(RuntimeError):
-            _publish_then_fail(
-                db, OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=2)
-            )
-        event = OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=1)
-        with db.unit_of_work() as uow:
-            publish(uow, event)
-            uow.run_last()  # the NOTIFY is sent now, inside the open transaction
-            assert subscription.get(timeout=0.3) is None
-        message = subscription.get(timeout=5)
-        assert message is not None
-        assert (message["kind"], message["id"]) == ("event", str(event.id))
-        assert subscription.get(timeout=0.3) is None  # the rolled-back one never came
-    finally:
-        subscription.close()
+    yield subscription
+    subscription.close()
+
+
+def test_postgres_notify_rides_in_the_transaction_and_arrives_on_commit(
+    db: Database, notify_bus: PostgresPubSub, tenant: uuid.UUID, notified: Subscription
+) -> None:
+    with pytest.raises(RuntimeError):
+        _publish_then_fail(
+            db, OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=2)
+        )
+    event = OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=1)
+    with db.unit_of_work() as uow:
+        publish(uow, event)
+        uow.run_last()  # the NOTIFY is sent now, inside the open transaction
+        assert notified.get(timeout=0.3) is None
+    message = notified.get(timeout=5)
+    assert message is not None
+    assert (message["kind"], message["id"]) == ("event", str(event.id))
+    assert notified.get(timeout=0.3) is None  # the rolled-back one never came
     # No connection of the pub/sub's own was used to publish.
     assert notify_bus._connection is None
 
 
 def test_postgres_message_over_the_payload_limit_is_dropped_not_fatal(
-    db: Database, notify_bus: PostgresPubSub
+    db: Database, tenant: uuid.UUID, notified: Subscription
 ) -> None:
-    tenant = uuid.uuid4()
-    subscription = notify_bus.subscribe(channel(tenant))
-    try:
-        with db.unit_of_work() as uow:
-            send_after_commit(uow, channel(tenant), {"kind": "big", "blob": "x" * 9000})
-            send_after_commit(uow, channel(tenant), {"kind": "small"})
-            job_id = sample_jobs.echo.enqueue(uow, tenant_id=tenant, value=1)
-        assert job_row(db, job_id) is not None  # the transaction committed
-        assert subscription.get(timeout=5) == {"kind": "small", "channel": channel(tenant)}
-    finally:
-        subscription.close()
+    with db.unit_of_work() as uow:
+        send_after_commit(uow, channel(tenant), {"kind": "big", "blob": "x" * 9000})
+        send_after_commit(uow, channel(tenant), {"kind": "small"})
+        job_id = sample_jobs.echo.enqueue(uow, tenant_id=tenant, value=1)
+    assert job_row(db, job_id) is not None  # the transaction committed
+    assert notified.get(timeout=5) == {"kind": "small", "channel": channel(tenant)}
