@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -44,10 +44,28 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import structlog
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid, create_engine, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Insert,
+    MetaData,
+    Table,
+    TypeDecorator,
+    Uuid,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    union_all,
+)
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import HasCTE
+from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 from sqlalchemy.util import greenlet_spawn
 
 from opsline.settings import Settings
@@ -227,7 +245,7 @@ class Database:
         having done nothing, if another thread or process holds the write lock.
         """
         with self._writer(wait):
-            uow = UnitOfWork(self._current().sessions())
+            uow = UnitOfWork(self._current().sessions(), postgres=not self.is_sqlite)
             try:
                 if not wait:  # BEGIN IMMEDIATE now, once: WriteLockBusy if taken
                     uow.session.connection(execution_options={"opsline_no_wait": True})
@@ -299,13 +317,28 @@ class Database:
 class UnitOfWork:
     """One transaction plus the callbacks to run after it commits."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, session: Session, *, postgres: bool = False) -> None:
+        self._session = session
+        self._postgres = postgres
         self._connection: Connection | None = None
         self._after_commit: list[Callable[[], None]] = []
         self._last: list[Callable[[], None]] = []
+        self._later: list[tuple[Executable, Mapping[str, Any]]] = []
         self._committed = False
         self.info: dict[str, Any] = {}
+
+    @property
+    def session(self) -> Session:
+        """The ORM session of the transaction; writes queued with :meth:`execute_later`
+        are sent first, so that what the session reads includes them."""
+        if self._later:
+            self._send_later()
+        return self._session
+
+    @property
+    def bind(self) -> Engine | Connection:
+        """What the transaction runs on (its engine's dialect and URL); sends nothing."""
+        return self._session.get_bind()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
@@ -325,30 +358,75 @@ class UnitOfWork:
         for step in steps:
             step()
 
+    def execute_later(self, statement: Executable, params: Mapping[str, Any]) -> None:
+        """A write whose outcome nothing in the transaction waits for.
+
+        On PostgreSQL it is held back and sent with the next statement run by
+        :meth:`execute` (or on its own before the session or :attr:`connection`
+        is used, and at commit), so writes that return nothing cost no round
+        trip of their own. ``statement`` is an INSERT, UPDATE or DELETE without
+        RETURNING whose values are named parameters (see :func:`values_insert`).
+        An error it raises (a constraint) surfaces from that later statement; the
+        unit of work rolls back all the same. Elsewhere it runs at once.
+        """
+        if not self._postgres:
+            self.connection.execute(statement, params)
+            return
+        self._later.append((statement, params))
+
+    def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Any:
+        """Run ``statement`` now, with the writes queued by :meth:`execute_later`.
+
+        On PostgreSQL those writes ride in the same statement as data-modifying
+        CTEs: one round trip. They run on the statement's snapshot, so the
+        statement must not read rows they write (use :attr:`connection`, which
+        sends them first, for that). Like theirs, its values must be named
+        parameters (see :func:`values_insert`). Returns the statement's result.
+        """
+        if not self._later:
+            return self._conn().execute(statement, params)
+        later, self._later = self._later, []
+        return self._conn().execute(*_carrying(statement, params or {}, later))
+
+    def _send_later(self) -> None:
+        """Send the queued writes now in one statement: the last one carries the others."""
+        later, self._later = self._later, []
+        statement, params = later.pop()
+        self._conn().execute(*_carrying(statement, params, later))
+
+    def _conn(self) -> Connection:
+        self._session.flush()
+        if self._connection is None:
+            self._connection = self._session.connection()
+        return self._connection
+
     @property
     def connection(self) -> Connection:
         """The transaction's connection, for Core statements on hot paths.
 
         Statements run here skip the ORM's execution layer. Pending ORM objects
-        are flushed first, as the session's autoflush would.
+        are flushed first, as the session's autoflush would, and so are the
+        writes queued with :meth:`execute_later`.
         """
-        self.session.flush()
-        if self._connection is None:
-            self._connection = self.session.connection()
-        return self._connection
+        if self._later:
+            self._send_later()
+        return self._conn()
 
     def flush(self) -> None:
         self.session.flush()
 
     def commit(self) -> None:
         self.run_last()
-        self.session.commit()
+        if self._later:
+            self._send_later()
+        self._session.commit()
         self._committed = True
 
     def rollback(self) -> None:
         """Undo everything so far, side effects included; the unit stays usable."""
-        self.session.rollback()
+        self._session.rollback()
         self._connection = None
+        self._later.clear()
         self._last.clear()
         self._after_commit.clear()
         self.info.clear()
@@ -364,6 +442,76 @@ class UnitOfWork:
                 # The transaction is durable; a failed side effect must not turn
                 # a committed use case into an error for its caller.
                 log.exception("after_commit_failed", callback=getattr(callback, "__name__", ""))
+
+
+def values_insert(
+    table: Table, rows: Sequence[Mapping[str, Any]], *, returning: tuple[str, ...] = ()
+) -> tuple[Insert, dict[str, Any]]:
+    """An INSERT of ``rows`` (same keys each) as one VALUES list, and its parameters.
+
+    Every value is a named parameter, as :meth:`UnitOfWork.execute_later` and
+    :meth:`UnitOfWork.execute` need; the statement is built once per table,
+    columns, number of rows and ``returning`` columns.
+    """
+    columns = tuple(rows[0])
+    params = {f"{column}_{i}": row[column] for i, row in enumerate(rows) for column in columns}
+    return _values_insert(table, columns, len(rows), returning), params
+
+
+@functools.lru_cache(maxsize=256)
+def _values_insert(
+    table: Table, columns: tuple[str, ...], count: int, returning: tuple[str, ...]
+) -> Insert:
+    def value(column: str, i: int) -> BindParameter[Any]:
+        return bindparam(f"{column}_{i}", type_=table.c[column].type)
+
+    # One row as VALUES, more as SELECTs joined by UNION ALL: a multi-row
+    # VALUES list has no cache key in SQLAlchemy, so it would compile every time.
+    if count == 1:
+        stmt = insert(table).values({column: value(column, 0) for column in columns})
+    else:
+        rows = [select(*(value(column, i) for column in columns)) for i in range(count)]
+        stmt = insert(table).from_select(columns, union_all(*rows))
+    if returning:
+        return stmt.returning(*(table.c[column] for column in returning))
+    # inline: defaults the database computes are not fetched (fits in a CTE).
+    return stmt.inline()
+
+
+def _carrying(
+    statement: Executable,
+    params: Mapping[str, Any],
+    later: list[tuple[Executable, Mapping[str, Any]]],
+) -> tuple[Executable, dict[str, Any]]:
+    """``statement`` with the ``later`` writes as data-modifying CTEs, and all parameters.
+
+    Every statement's parameters get a prefix of its own (``c_`` for the carrier,
+    ``w<n>_`` for the writes), so that equal names never meet: SQLAlchemy also
+    reads an INSERT's columns from the names of the parameters it is given.
+    """
+    merged = {f"c_{name}": value for name, value in params.items()}
+    for slot, (_, values) in enumerate(later):
+        merged.update({f"w{slot}_{name}": value for name, value in values.items()})
+    return _with_ctes(statement, tuple(s for s, _ in later)), merged
+
+
+@functools.lru_cache(maxsize=512)
+def _with_ctes(statement: Executable, later: tuple[Executable, ...]) -> Executable:
+    # Built once per combination (statements are module constants or cached
+    # shapes): a reused statement object keeps its cache key and compiled form.
+    ctes = [_prefixed(s, f"w{slot}_").cte(f"w{slot}") for slot, s in enumerate(later)]
+    return cast(Executable, cast(HasCTE, _prefixed(statement, "c_")).add_cte(*ctes))
+
+
+def _prefixed(statement: Executable, prefix: str) -> Any:
+    """``statement`` with ``prefix`` before the name of each of its named parameters."""
+
+    def rename(element: ExternallyTraversible, **_: Any) -> ExternallyTraversible | None:
+        if isinstance(element, BindParameter) and not element.unique:
+            return bindparam(prefix + element.key, type_=element.type)
+        return None
+
+    return replacement_traverse(cast(ExternallyTraversible, statement), {}, rename)
 
 
 def _create_engine(settings: Settings, url: str) -> Engine:

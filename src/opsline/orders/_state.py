@@ -12,9 +12,9 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, select, update
 
-from opsline.db import UnitOfWork, utcnow
+from opsline.db import UnitOfWork, utcnow, values_insert
 from opsline.orders._live import push_after_commit
 from opsline.orders.errors import InvalidTransition, OrderNotFound
 from opsline.orders.models import changes_table, orders_table
@@ -43,26 +43,21 @@ def is_allowed(source: OrderStatus, target: OrderStatus) -> bool:
     return (source, target) in TRANSITIONS
 
 
-_INSERT_CHANGE = insert(changes_table).returning(changes_table.c.seq)
-
-
 def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     """Append to the status log and push the change to live subscribers after commit.
 
     ``order`` is anything with the order's columns as attributes (a row or a model).
     """
-    seq = uow.connection.execute(
-        _INSERT_CHANGE,
-        {
-            "tenant_id": order.tenant_id,
-            "user_id": order.user_id,
-            "order_id": order.id,
-            "status": status.value,
-            "total": order.total,
-            "currency": order.currency,
-            "at": order.updated_at,
-        },
-    ).scalar_one()
+    row = {
+        "tenant_id": order.tenant_id,
+        "user_id": order.user_id,
+        "order_id": order.id,
+        "status": status.value,
+        "total": order.total,
+        "currency": order.currency,
+        "at": order.updated_at,
+    }
+    seq = uow.execute(*values_insert(changes_table, [row], returning=("seq",))).scalar_one()
     push_after_commit(uow, seq, order, status.value)
 
 

@@ -60,7 +60,7 @@ def announce(uow: UnitOfWork, kind: str, tenant_id: uuid.UUID | None, data: dict
 def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> None:
     """Queue ``message`` on channel ``name`` for after commit; a unit of work's
     messages are published together (one round trip), and dropped on rollback."""
-    bind = uow.session.get_bind()
+    bind = uow.bind
     pubsub = pubsub_for(bind.engine)
     if pubsub is None:
         return

@@ -81,6 +81,25 @@ def enqueue_many(
     return ids
 
 
+def enqueue_later(uow: UnitOfWork, specs: Iterable[JobSpec]) -> None:
+    """Queue jobs in ``uow``'s transaction without waiting for their ids.
+
+    A job due now is written with :meth:`UnitOfWork.execute_later`: on
+    PostgreSQL it travels with the transaction's next statement instead of
+    taking a round trip of its own; a unique job whose key is pending is
+    skipped, as :func:`enqueue` would skip it. Jobs queued together this way
+    may share a fair vtime (ties go by id).
+    """
+    rows = build_rows(specs)
+    dialect = uow.bind.dialect.name
+    due = [row for row in rows if row["state"] == "available"]
+    for row in due:
+        uow.execute_later(*_fair_insert_later(dialect, row))
+    if len(due) < len(rows):
+        insert_rows(uow.connection, [row for row in rows if row["state"] != "available"])
+    _after_enqueue(uow, rows)
+
+
 def _enqueue_direct(db: Database, rows: list[dict[str, Any]]) -> list[int]:
     """Own short transaction on the engine's hot connections (no ORM session)."""
     engine = hot_engine(db)
@@ -235,6 +254,33 @@ def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
     return int(existing)
 
 
+def _fair_insert_later(dialect: str, row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    params = {k: v for k, v in row.items() if k != "vtime"}
+    params["q"] = row["queue"]
+    system = row["tenant_id"] is None
+    if not system:
+        params["t"] = row["tenant_id"]
+    columns = tuple(k for k in row if k != "vtime")
+    unique = row["unique_key"] is not None
+    return _fair_insert_values(dialect, columns, system=system, unique=unique), params
+
+
+@functools.cache
+def _fair_insert_values(
+    dialect: str, columns: tuple[str, ...], *, system: bool, unique: bool
+) -> Any:
+    """The fair insert with every value a named parameter, returning nothing."""
+    tail = _TAIL_SYSTEM if system else _TAIL
+    values: dict[str, Any] = {c: bindparam(c, type_=J[c].type) for c in columns}
+    values["vtime"] = func.coalesce(tail, _HEAD.scalar_subquery(), 0)
+    factory = pg_insert if dialect == "postgresql" else sqlite_insert
+    # inline: the id is left to its sequence, nothing fetched (fits in a CTE).
+    stmt = factory(jobs_table).values(values).inline()
+    if unique:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
+    return stmt
+
+
 def _dialect(executor: Executor) -> str:
     if isinstance(executor, Session):
         return executor.get_bind().dialect.name
@@ -292,7 +338,7 @@ def wake_workers(uow: UnitOfWork, *, notify_postgres: bool = True) -> None:
     if uow.info.get("engine_wake"):
         return
     uow.info["engine_wake"] = True
-    bind = uow.session.get_bind()
+    bind = uow.bind
     if notify_postgres and bind.dialect.name == "postgresql":
         # Delivered by PostgreSQL only if and when this transaction commits.
         uow.session.execute(_NOTIFY)

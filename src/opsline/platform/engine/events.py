@@ -23,9 +23,9 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from opsline.db import Database, UnitOfWork, utcnow
+from opsline.db import Database, UnitOfWork, utcnow, values_insert
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.enqueue import JobSpec, enqueue_many
 from opsline.platform.engine.models import events_table
@@ -148,26 +148,26 @@ def listened_type(listener_name: str) -> str:
     raise LookupError(f"job {listener_name!r} is not an event listener")
 
 
-_INSERT_EVENT = insert(events_table)
-
-
 def publish(uow: UnitOfWork, *events: Event) -> None:
     """Store ``events`` in the log and enqueue their listeners, in ``uow``'s transaction."""
     if not events:
         return
-    uow.connection.execute(
-        _INSERT_EVENT,
-        [
-            {
-                "id": e.id,
-                "tenant_id": e.tenant_id,
-                "type": e.event_type,
-                "version": e.version,
-                "occurred_at": e.occurred_at,
-                "payload": e.payload(),
-            }
-            for e in events
-        ],
+    # Nothing waits for the log's rows: they travel with the next statement.
+    uow.execute_later(
+        *values_insert(
+            events_table,
+            [
+                {
+                    "id": e.id,
+                    "tenant_id": e.tenant_id,
+                    "type": e.event_type,
+                    "version": e.version,
+                    "occurred_at": e.occurred_at,
+                    "payload": e.payload(),
+                }
+                for e in events
+            ],
+        )
     )
     specs = [
         JobSpec(definition, {"event": e.envelope()}, tenant_id=e.tenant_id)

@@ -98,6 +98,21 @@ class JobDef:
             target, self, args, tenant_id=tenant_id, delay=delay, run_at=run_at, priority=priority
         )
 
+    def enqueue_later(
+        self,
+        uow: UnitOfWork,
+        /,
+        *,
+        tenant_id: Any = None,
+        priority: int | None = None,
+        **args: Any,
+    ) -> None:
+        """Queue this job in ``uow`` without waiting for its id
+        (see :func:`opsline.platform.engine.enqueue.enqueue_later`)."""
+        from opsline.platform.engine.enqueue import JobSpec, enqueue_later
+
+        enqueue_later(uow, [JobSpec(self, args, tenant_id, priority=priority)])
+
     def __call__(self, ctx: JobContext, **args: Any) -> object:
         return self.run(ctx, args)
 

@@ -178,12 +178,12 @@ def _claim(
         "created_at": now,
         "expires_at": now + TTL,
     }
-    conn = uow.connection
-    if conn.dialect.name != "postgresql":
-        conn.execute(_INSERT_KEY, row)
+    if ctx.db.is_sqlite:
+        uow.execute(_INSERT_KEY, row)
         return
+    # The writes the use case held back (execute_later) travel with this one.
     lock_key = f"{ctx.tenant_id}\x1f{ctx.principal.subject}\x1f{key}"
-    claimed = conn.execute(_CLAIM_KEY_PG, {**row, "lock_key": lock_key}).first()
+    claimed = uow.execute(_CLAIM_KEY_PG, {**row, "lock_key": lock_key}).first()
     if claimed is None:
         raise KeyInFlight("a request with this Idempotency-Key is in progress")
 

@@ -1,0 +1,151 @@
+"""Writes held back with ``execute_later``: sent with the next statement on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, event, func, select
+from sqlalchemy.exc import IntegrityError
+
+from opsline.db import Database, values_insert
+from opsline.orders.jobs import capture_payment
+from opsline.platform.engine.models import jobs_table
+from opsline.platform.runtime import Runtime
+
+metadata = MetaData()
+# Both tables have the columns ``id`` and ``name``: equal parameter names meet in one statement.
+things = Table(
+    "scratch_things",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(40), nullable=False),
+)
+notes = Table(
+    "scratch_notes",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", Uuid, nullable=False),
+    Column("name", String(40), nullable=False),
+)
+
+
+@pytest.fixture
+def db(runtime: Runtime) -> Database:
+    metadata.create_all(runtime.db.engine)
+    return runtime.db
+
+
+@pytest.fixture
+def sent(db: Database) -> Iterator[list[str]]:
+    """Every statement the database receives (one per round trip), on any engine."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    yield statements
+    event.remove(db.engine, "before_cursor_execute", record)
+
+
+def _thing(name: str) -> dict[str, Any]:
+    return {"id": uuid.uuid4(), "name": name}
+
+
+def _names(db: Database, table: Table) -> list[str]:
+    with db.read() as session:
+        return sorted(session.scalars(select(table.c.name)))
+
+
+def test_held_back_writes_travel_with_the_next_statement(db: Database, sent: list[str]) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("a")]))
+        uow.execute_later(*values_insert(things, [_thing("b"), _thing("c"), _thing("d")]))
+        sent.clear()
+        seq = uow.execute(
+            *values_insert(notes, [_thing("note")], returning=("seq",))
+        ).scalar_one()
+        statements = list(sent)
+    assert seq == 1
+    assert _names(db, things) == ["a", "b", "c", "d"]
+    assert _names(db, notes) == ["note"]
+    # One round trip carrying both writes; SQLite ran each write when it was made.
+    assert len(statements) == 1
+    assert statements[0].count("INSERT INTO scratch_things") == (0 if db.is_sqlite else 2)
+
+
+def test_a_carried_statement_is_compiled_once(db: Database) -> None:
+    compiled = []
+    for name in ("first", "second"):
+        with db.unit_of_work() as uow:
+            uow.execute_later(*values_insert(things, [_thing(name), _thing(name + "+")]))
+            result = uow.execute(*values_insert(notes, [_thing(name)], returning=("seq",)))
+            compiled.append(result.context.compiled)
+            result.scalar_one()
+    assert compiled[0] is compiled[1]  # taken from the cache, not compiled again
+
+
+def test_reading_sends_the_held_back_writes_first(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("a")]))
+        assert uow.session.scalar(select(func.count()).select_from(things)) == 1
+        uow.execute_later(*values_insert(things, [_thing("b")]))
+        assert uow.connection.scalar(select(func.count()).select_from(things)) == 2
+
+
+def test_commit_sends_what_no_statement_carried(db: Database, sent: list[str]) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("a")]))
+        uow.execute_later(*values_insert(notes, [_thing("n")]))
+        sent.clear()
+    assert _names(db, things) == ["a"]
+    assert _names(db, notes) == ["n"]
+    inserts = [s for s in sent if s.lstrip().startswith(("INSERT", "WITH"))]
+    assert len(inserts) == (0 if db.is_sqlite else 1)
+
+
+def test_a_held_back_write_that_fails_rolls_the_unit_back(db: Database) -> None:
+    taken = _thing("taken")
+    with db.unit_of_work() as uow:
+        uow.execute(*values_insert(things, [taken]))
+    with pytest.raises(IntegrityError), db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [{**taken, "name": "again"}]))
+        uow.execute(*values_insert(notes, [_thing("note")], returning=("seq",)))
+        uow.session.flush()
+    assert _names(db, things) == ["taken"]
+    assert _names(db, notes) == []
+
+
+def test_rollback_drops_the_held_back_writes(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("dropped")]))
+        uow.rollback()
+        uow.execute_later(*values_insert(things, [_thing("kept")]))
+    assert _names(db, things) == ["kept"]
+
+
+def _payment_jobs(db: Database, order_id: uuid.UUID) -> int:
+    with db.read() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(jobs_table)
+                .where(jobs_table.c.name == capture_payment.name)
+                .where(jobs_table.c.args["order_id"].as_string() == str(order_id))
+            )
+            or 0
+        )
+
+
+def test_enqueue_later_writes_the_job_and_skips_a_pending_unique_key(db: Database) -> None:
+    tenant_id, order_id = uuid.uuid4(), uuid.uuid4()
+    with db.unit_of_work() as uow:
+        capture_payment.enqueue_later(uow, tenant_id=tenant_id, order_id=order_id)
+        uow.execute(*values_insert(notes, [_thing("carrier")], returning=("seq",)))
+    assert _payment_jobs(db, order_id) == 1
+    with db.unit_of_work() as uow:  # same unique key while the first is pending
+        capture_payment.enqueue_later(uow, tenant_id=tenant_id, order_id=order_id)
+    assert _payment_jobs(db, order_id) == 1
