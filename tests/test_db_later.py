@@ -65,9 +65,7 @@ def test_held_back_writes_travel_with_the_next_statement(db: Database, sent: lis
         uow.execute_later(*values_insert(things, [_thing("a")]))
         uow.execute_later(*values_insert(things, [_thing("b"), _thing("c"), _thing("d")]))
         sent.clear()
-        seq = uow.execute(
-            *values_insert(notes, [_thing("note")], returning=("seq",))
-        ).scalar_one()
+        seq = uow.execute(*values_insert(notes, [_thing("note")], returning=("seq",))).scalar_one()
         statements = list(sent)
     assert seq == 1
     assert _names(db, things) == ["a", "b", "c", "d"]
@@ -107,14 +105,18 @@ def test_commit_sends_what_no_statement_carried(db: Database, sent: list[str]) -
     assert len(inserts) == (0 if db.is_sqlite else 1)
 
 
+def _note_with_held_back_thing(db: Database, thing: dict[str, Any]) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [thing]))
+        uow.execute(*values_insert(notes, [_thing("note")], returning=("seq",)))
+
+
 def test_a_held_back_write_that_fails_rolls_the_unit_back(db: Database) -> None:
     taken = _thing("taken")
     with db.unit_of_work() as uow:
         uow.execute(*values_insert(things, [taken]))
-    with pytest.raises(IntegrityError), db.unit_of_work() as uow:
-        uow.execute_later(*values_insert(things, [{**taken, "name": "again"}]))
-        uow.execute(*values_insert(notes, [_thing("note")], returning=("seq",)))
-        uow.session.flush()
+    with pytest.raises(IntegrityError):
+        _note_with_held_back_thing(db, {**taken, "name": "again"})
     assert _names(db, things) == ["taken"]
     assert _names(db, notes) == []
 
