@@ -14,7 +14,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Uuid, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -288,19 +289,25 @@ def _order_body(order: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str,
 
 _P = products_table.c
 # Built once: a statement object reused keeps its compiled form and cache key.
-_ORDERABLE = select(_P.id, _P.sku, _P.name, _P.price, _P.currency).where(
+_ORDERABLE_COLUMNS = select(_P.id, _P.sku, _P.name, _P.price, _P.currency).where(
     _P.tenant_id == bindparam("tenant_id"),
-    _P.id.in_(bindparam("ids", expanding=True)),
     _P.deleted_at.is_(None),
     _P.archived_at.is_(None),
 )
+# PostgreSQL takes the ids as one array parameter; an expanding IN would be
+# rewritten for each execution (SQLite has no arrays).
+_ORDERABLE = {
+    "postgresql": _ORDERABLE_COLUMNS.where(_P.id == any_(bindparam("ids", type_=ARRAY(Uuid())))),
+    "sqlite": _ORDERABLE_COLUMNS.where(_P.id.in_(bindparam("ids", expanding=True))),
+}
 
 
 def _products_for(
     uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
 ) -> dict[uuid.UUID, Any]:
-    found = uow.connection.execute(
-        _ORDERABLE, {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
+    conn = uow.connection
+    found = conn.execute(
+        _ORDERABLE[conn.dialect.name], {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
     ).all()
     products = {p.id: p for p in found}
     missing = [str(pid) for pid in quantities if pid not in products]
