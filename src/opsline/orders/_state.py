@@ -106,7 +106,7 @@ def transition(
         raise ValueError(f"a transition sets columns to values or to {sorted(_EXPRESSIONS)}")
     params = {f"v_{k}": v for k, v in values.items() if k not in expressions}
     stmt = _transition_statement(tuple(sorted(params)), expressions)
-    row = uow.connection.execute(
+    row: Row[Any] | None = uow.execute(
         stmt,
         {
             **params,

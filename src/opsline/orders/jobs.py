@@ -71,12 +71,19 @@ _A = attempts_table.c
 _ORDER = select(orders_table).where(
     _O.id == bindparam("order_id"), _O.tenant_id == bindparam("tenant_id")
 )
+# Every value a named parameter: both are held back (UnitOfWork.execute_later)
+# and travel with the transaction's next statement.
+_ATTEMPT_COLUMNS = ("id", "tenant_id", "order_id", "attempt", "reference", "created_at")
 _RECORD_ATTEMPT = {
-    name: factory(attempts_table).on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
+    name: factory(attempts_table)
+    .values({c: bindparam(c, type_=_A[c].type) for c in _ATTEMPT_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
     for name, factory in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
-_ATTEMPT_OUTCOME = update(attempts_table).where(
-    _A.tenant_id == bindparam("b_tenant_id"), _A.reference == bindparam("b_reference")
+_ATTEMPT_OUTCOME = (
+    update(attempts_table)
+    .where(_A.tenant_id == bindparam("b_tenant_id"), _A.reference == bindparam("b_reference"))
+    .values({c: bindparam(c, type_=_A[c].type) for c in ("outcome", "detail", "finished_at")})
 )
 
 
@@ -114,8 +121,7 @@ def _record_attempt(uow: UnitOfWork, order: Any, reference: str) -> None:
         "reference": reference,
         "created_at": utcnow(),
     }
-    conn = uow.connection
-    conn.execute(_RECORD_ATTEMPT[conn.dialect.name], values)
+    uow.execute_later(_RECORD_ATTEMPT[uow.bind.dialect.name], values)
 
 
 def _finish(
@@ -123,7 +129,7 @@ def _finish(
 ) -> str:
     paid = result.outcome is ChargeOutcome.SUCCEEDED
     with ctx.unit_of_work() as uow:
-        uow.connection.execute(
+        uow.execute_later(
             _ATTEMPT_OUTCOME,
             {
                 "b_tenant_id": tenant_id,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import select
 
 from opsline.db import Database
 from opsline.platform.engine.changes import bind_pubsub, channel, send_after_commit
 from opsline.platform.engine.events import publish
+from opsline.platform.engine.models import events_table
 from opsline.platform.realtime import InProcessPubSub, PostgresPubSub, create_pubsub
 from opsline.platform.realtime.pubsub import Subscription
 from opsline.settings import Settings
@@ -103,6 +107,31 @@ def test_postgres_notify_rides_in_the_transaction_and_arrives_on_commit(
     assert notified.get(timeout=0.3) is None  # the rolled-back one never came
     # No connection of the pub/sub's own was used to publish.
     assert notify_bus._connection is None
+
+
+def test_postgres_notify_carries_the_writes_held_back(
+    db: Database, tenant: uuid.UUID, notified: Subscription
+) -> None:
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event = OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=3)
+    with db.unit_of_work() as uow:
+        publish(uow, event)  # the event's row is held back (execute_later)
+        sa_event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            uow.run_last()
+        finally:
+            sa_event.remove(db.engine, "before_cursor_execute", record)
+    assert len(statements) == 1  # one round trip: the row and the NOTIFY
+    assert "INSERT INTO events" in statements[0] and "pg_notify" in statements[0]
+    message = notified.get(timeout=5)
+    assert message is not None and message["id"] == str(event.id)
+    with db.read() as session:
+        stored = session.scalar(select(events_table.c.id).where(events_table.c.id == event.id))
+    assert stored == event.id
 
 
 def test_postgres_message_over_the_payload_limit_is_dropped_not_fatal(

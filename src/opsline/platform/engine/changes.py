@@ -18,11 +18,12 @@ import uuid
 from typing import Any
 
 import structlog
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.engine import Engine
 
 from opsline.db import Database, UnitOfWork
 from opsline.platform.realtime import PostgresPubSub, PubSub
-from opsline.platform.realtime.pubsub import notify_statement
+from opsline.platform.realtime.pubsub import PG_CHANNEL, notify_payloads
 
 log = structlog.get_logger(__name__)
 
@@ -74,10 +75,20 @@ def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> No
 
 
 def _notify_in_transaction(uow: UnitOfWork, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    statement = notify_statement(messages)
+    payloads = notify_payloads(messages)
     messages.clear()  # a message queued after this step runs queues a step of its own
-    if statement is not None:
-        uow.connection.exec_driver_sql(statement[0], tuple(statement[1]))
+    if payloads:
+        # Through the unit of work: writes it holds back travel with the NOTIFY.
+        params = {f"payload_{i}": payload for i, payload in enumerate(payloads)}
+        uow.execute(_notify_select(len(payloads)), {"channel": PG_CHANNEL, **params}).all()
+
+
+@functools.lru_cache(maxsize=32)
+def _notify_select(count: int) -> Any:
+    channel = bindparam("channel", type_=String())
+    return select(
+        *(func.pg_notify(channel, bindparam(f"payload_{i}", type_=String())) for i in range(count))
+    )
 
 
 def job_changes(outcomes: list[Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from opsline.db import Database, UnitOfWork, utcnow, values_insert
 from opsline.platform.engine.context import JobContext
-from opsline.platform.engine.enqueue import JobSpec, enqueue_many
+from opsline.platform.engine.enqueue import JobSpec, enqueue_later, enqueue_many
 from opsline.platform.engine.models import events_table
 from opsline.platform.engine.registry import JobDef, RetryPolicy, get_job, register
 
@@ -175,7 +175,7 @@ def publish(uow: UnitOfWork, *events: Event) -> None:
         for definition in _LISTENERS.get(e.event_type, ())
     ]
     if specs:
-        enqueue_many(uow, specs)
+        enqueue_later(uow, specs)  # the listeners' jobs travel with the next statement too
     from opsline.platform.engine import changes
 
     for e in events:

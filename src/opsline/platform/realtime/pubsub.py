@@ -219,19 +219,29 @@ def notify_statement(messages: Sequence[tuple[str, Message]]) -> tuple[str, list
     """One ``SELECT pg_notify(...), ...`` for ``messages`` (in order), or None if none fit.
 
     Run in a transaction, PostgreSQL delivers the notifications when it commits
-    and drops them if it rolls back. A message over the payload limit is dropped
-    with a warning (delivery is best effort) rather than failing the statement.
+    and drops them if it rolls back.
     """
-    params: list[str] = []
+    payloads = notify_payloads(messages)
+    if not payloads:
+        return None
+    params = [value for payload in payloads for value in (PG_CHANNEL, payload)]
+    return "SELECT " + ", ".join(["pg_notify(%s, %s)"] * len(payloads)), params
+
+
+def notify_payloads(messages: Sequence[tuple[str, Message]]) -> list[str]:
+    """The ``NOTIFY`` payloads of ``messages`` on :data:`PG_CHANNEL`, in order.
+
+    A message over the payload limit is dropped with a warning (delivery is
+    best effort) rather than failing the statement that would carry it.
+    """
+    payloads: list[str] = []
     for channel, message in messages:
         payload = orjson.dumps({**message, "channel": channel}).decode()
         if len(payload.encode()) >= PG_PAYLOAD_LIMIT:
             log.warning("realtime_message_too_large", channel=channel, bytes=len(payload))
             continue
-        params += [PG_CHANNEL, payload]
-    if not params:
-        return None
-    return "SELECT " + ", ".join(["pg_notify(%s, %s)"] * (len(params) // 2)), params
+        payloads.append(payload)
+    return payloads
 
 
 def create_pubsub(settings: Settings) -> PubSub:
