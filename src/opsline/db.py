@@ -20,6 +20,13 @@ lets a short write run on the event loop thread when nobody else is writing
 (on SQLite the hop to a thread pool costs more than the write itself) and go
 to the thread pool when it would have to wait.
 
+Round trips are what a PostgreSQL transaction costs most, so a write whose
+outcome nothing waits for (an event's row, a job, an order's lines) can be held
+back with :meth:`UnitOfWork.execute_later`: it travels with the next statement
+run through :meth:`UnitOfWork.execute`, as a data-modifying CTE of that
+statement, or goes on its own before anything reads (the session, the
+connection) and at commit. SQLite, in-process, runs it at once.
+
 On PostgreSQL, :meth:`Database.on_loop` runs the same blocking use-case code on
 the event loop: inside it, sessions and connections come from an asyncio engine
 of that loop and each statement awaits its round trip (SQLAlchemy's greenlet
@@ -447,7 +454,7 @@ class UnitOfWork:
 def values_insert(
     table: Table, rows: Sequence[Mapping[str, Any]], *, returning: tuple[str, ...] = ()
 ) -> tuple[Insert, dict[str, Any]]:
-    """An INSERT of ``rows`` (same keys each) as one VALUES list, and its parameters.
+    """One INSERT of ``rows`` (same keys each), and its parameters.
 
     Every value is a named parameter, as :meth:`UnitOfWork.execute_later` and
     :meth:`UnitOfWork.execute` need; the statement is built once per table,
@@ -489,6 +496,8 @@ def _carrying(
     ``w<n>_`` for the writes), so that equal names never meet: SQLAlchemy also
     reads an INSERT's columns from the names of the parameters it is given.
     """
+    if not later:
+        return statement, dict(params)
     merged = {f"c_{name}": value for name, value in params.items()}
     for slot, (_, values) in enumerate(later):
         merged.update({f"w{slot}_{name}": value for name, value in values.items()})
