@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from sqlalchemy import event, select
 
 from opsline.db import new_id, utcnow
 from opsline.orders._state import TRANSITIONS, OrderStatus, is_allowed, transition
 from opsline.orders.errors import InvalidTransition
-from opsline.orders.models import Order
+from opsline.orders.models import Order, OrderStatusChange
 from opsline.platform.runtime import Runtime
 from tests.helpers import signup
 
@@ -75,3 +77,48 @@ def test_transition_from_a_stale_state_changes_nothing(
     assert moved is None
     with runtime.db.read() as session:
         assert session.get(Order, order_id).status == "CANCELLED"  # type: ignore[union-attr]
+
+
+def _log(runtime: Runtime, order_id: uuid.UUID) -> list[tuple[int, str]]:
+    with runtime.db.read() as session:
+        rows = session.execute(
+            select(OrderStatusChange.seq, OrderStatusChange.status)
+            .where(OrderStatusChange.order_id == order_id)
+            .order_by(OrderStatusChange.seq)
+        )
+        return [(seq, status) for seq, status in rows]
+
+
+def test_a_transition_is_logged_once_and_only_when_it_happens(
+    runtime: Runtime, app_client: object
+) -> None:
+    tenant_id = signup(app_client).tenant_id  # type: ignore[arg-type]
+    order_id = _order(runtime, tenant_id, OrderStatus.PENDING)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    moves = []
+    for target in (OrderStatus.PROCESSING, OrderStatus.PROCESSING):  # the second is stale
+        with runtime.db.unit_of_work() as uow:
+            event.listen(runtime.db.engine, "before_cursor_execute", record)
+            try:
+                moves.append(
+                    transition(
+                        uow,
+                        tenant_id=tenant_id,
+                        order_id=order_id,
+                        source=OrderStatus.PENDING,
+                        target=target,
+                    )
+                )
+            finally:
+                event.remove(runtime.db.engine, "before_cursor_execute", record)
+    first, stale = moves
+    assert stale is None
+    [(seq, status)] = _log(runtime, order_id)
+    assert status == "PROCESSING"
+    if runtime.db.dialect == "postgresql":
+        assert first is not None and first.seq == seq  # the log's entry came back with the row
+        assert len(statements) == 2  # one statement per transition: UPDATE and log together

@@ -12,7 +12,7 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, bindparam, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, insert, select, true, update
 
 from opsline.db import UnitOfWork, utcnow, values_insert
 from opsline.orders._live import push_after_commit
@@ -67,13 +67,21 @@ _EXPRESSIONS: dict[str, ColumnElement[Any]] = {"payment_attempt": NEXT_PAYMENT_A
 
 
 @functools.cache
-def _transition_statement(value_params: tuple[str, ...], expressions: tuple[str, ...]) -> Any:
-    """The guarded UPDATE for one shape of values, built once per shape."""
+def _transition_statement(
+    value_params: tuple[str, ...], expressions: tuple[str, ...], *, logged: bool
+) -> Any:
+    """The guarded UPDATE for one shape of values, built once per shape.
+
+    ``logged`` (PostgreSQL): the UPDATE is a data-modifying CTE and the status
+    log's row is inserted from what it returns, in the same statement: one
+    round trip for the transition and its log entry, and the row comes back
+    with the entry's ``seq``.
+    """
     cols = orders_table.c
     names = ("v_status", "v_updated_at", *value_params)
     values: dict[str, Any] = {name.removeprefix("v_"): bindparam(name) for name in names}
     values.update({key: _EXPRESSIONS[key] for key in expressions})
-    return (
+    moved = (
         update(orders_table)
         .where(
             cols.id == bindparam("b_id"),
@@ -83,6 +91,30 @@ def _transition_statement(value_params: tuple[str, ...], expressions: tuple[str,
         .values(**values)
         .returning(*orders_table.c)
     )
+    if not logged:
+        return moved
+    row = moved.cte("moved")
+    log = (
+        insert(changes_table)
+        .from_select(
+            _LOGGED,
+            select(
+                row.c.tenant_id,
+                row.c.user_id,
+                row.c.id,
+                row.c.status,
+                row.c.total,
+                row.c.currency,
+                row.c.updated_at,
+            ),
+        )
+        .returning(changes_table.c.seq)
+        .cte("logged")
+    )
+    return select(row, log.c.seq).select_from(row.join(log, true()))
+
+
+_LOGGED = ("tenant_id", "user_id", "order_id", "status", "total", "currency", "at")
 
 
 def transition(
@@ -96,8 +128,9 @@ def transition(
 ) -> Row[Any] | None:
     """Move an order from ``source`` to ``target``; None when it was not in ``source``.
 
-    Also appends the change to the status log in the same transaction. ``values``
-    are further columns to set: plain values, or one of the expressions above.
+    Also appends the change to the status log in the same transaction (on
+    PostgreSQL in the same statement). ``values`` are further columns to set:
+    plain values, or one of the expressions above.
     """
     if not is_allowed(source, target):
         raise InvalidTransition(f"an order cannot go from {source} to {target}")
@@ -105,7 +138,8 @@ def transition(
     if any(values[k] is not _EXPRESSIONS.get(k) for k in expressions):
         raise ValueError(f"a transition sets columns to values or to {sorted(_EXPRESSIONS)}")
     params = {f"v_{k}": v for k, v in values.items() if k not in expressions}
-    stmt = _transition_statement(tuple(sorted(params)), expressions)
+    logged = uow.bind.dialect.name == "postgresql"  # SQLite has no UPDATE in WITH
+    stmt = _transition_statement(tuple(sorted(params)), expressions, logged=logged)
     row: Row[Any] | None = uow.execute(
         stmt,
         {
@@ -119,7 +153,10 @@ def transition(
     ).first()
     if row is None:
         return None
-    record_status(uow, row, target)
+    if logged:
+        push_after_commit(uow, row.seq, row, target.value)
+    else:
+        record_status(uow, row, target)
     return row
 
 
