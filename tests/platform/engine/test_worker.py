@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
+from sqlalchemy.engine import Engine
 
 from opsline.db import Database, utcnow
 from opsline.platform.engine._rescue import rescue_expired
@@ -114,6 +116,27 @@ def test_tenants_alternate_inside_a_queue(db: Database) -> None:
     claimed = store.cycle([], [("default", 8)], promote=False)[0]
     # The small tenant's three jobs are among the first claimed, not after 100 others.
     assert sum(job.tenant_id == small for job in claimed) == 3
+
+
+def test_a_cycle_claims_every_share_at_once_and_gives_drained_slots_away(db: Database) -> None:
+    enqueue_many(db, [JobSpec("tests.record_high", {"value": n}) for n in range(5)])
+    enqueue(db, "tests.record_queue", {"value": 0})
+    store = Store(db, "w", 30)
+    claims: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "candidates" in statement:
+            claims.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        claimed = store.cycle([], [("high", 2), ("default", 2), ("low", 2)], promote=False)[0]
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    # Each queue's share first (default has none: its slots go to high, not drained).
+    assert [job.queue for job in claimed] == ["high", "high", "low", "high", "high", "high"]
+    # PostgreSQL: the three shares in one statement, then the spare slots; SQLite per queue.
+    assert len(claims) == (2 if db.dialect == "postgresql" else 0)
 
 
 def test_many_threads_enqueueing_one_unique_key_make_one_job(db: Database) -> None:

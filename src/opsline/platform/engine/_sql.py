@@ -5,9 +5,10 @@ for the two hottest). Every statement on a running job carries ``FENCE``:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, text, tuple_, update
+from sqlalchemy import bindparam, func, or_, select, text, tuple_, union_all, update
 
 from opsline.platform.engine.models import jobs_table, state_is
 
@@ -15,7 +16,10 @@ J = jobs_table.c
 TS = J.run_at.type
 
 
-def claim_statement() -> Any:
+@functools.cache
+def claim_statement(queues: int = 1) -> Any:
+    """Claim up to ``n_<i>`` jobs of queue ``b_queue_<i>`` for each of ``queues``
+    queues, in one statement (one candidate CTE per queue, each skipping locked rows)."""
     running = jobs_table.alias("r")
     running_for_key = (
         select(func.count())
@@ -26,21 +30,27 @@ def claim_statement() -> Any:
         )
         .scalar_subquery()
     )
-    candidates = (
+    candidates = [
         select(J.id)
         .where(
             state_is(J.state, "available"),
-            J.queue == bindparam("b_queue"),
+            J.queue == bindparam(f"b_queue_{i}"),
             or_(J.concurrency_key.is_(None), running_for_key < J.concurrency_limit),
         )
         .order_by(J.priority, J.vtime, J.id)
-        .limit(bindparam("n"))
+        .limit(bindparam(f"n_{i}"))
         .with_for_update(skip_locked=True)
-        .cte("candidates")
+        .cte(f"candidates_{i}")
+        for i in range(queues)
+    ]
+    chosen = (
+        candidates[0]
+        if queues == 1
+        else union_all(*(select(c.c.id) for c in candidates)).subquery("chosen")
     )
     return (
         update(jobs_table)
-        .where(J.id == candidates.c.id)
+        .where(J.id == chosen.c.id)
         .values(
             state="running",
             attempt=J.attempt + 1,
@@ -64,7 +74,6 @@ def claim_statement() -> Any:
     )
 
 
-CLAIM = claim_statement()
 FENCE = (J.lease_owner == bindparam("worker"), state_is(J.state, "running"))
 
 

@@ -111,42 +111,67 @@ class Store:
     def _claim_plan(
         self, conn: Connection, plan: Sequence[tuple[str, int]], now: datetime
     ) -> list[ClaimedJob]:
-        claimed: list[ClaimedJob] = []
+        claimed = self._claim_each(conn, plan, now)
+        got: dict[str, int] = defaultdict(int)
+        for job in claimed:
+            got[job.queue] += 1
         spare = 0
         drained: set[str] = set()
         for queue, slots in plan:
-            got = self._claim(conn, queue, slots, now)
-            claimed += got
-            if len(got) < slots:
-                spare += slots - len(got)
+            if got[queue] < slots:
+                spare += slots - got[queue]
                 drained.add(queue)
         for queue, _ in plan:
             if spare <= 0:
                 break
             if queue not in drained:
-                got = self._claim(conn, queue, spare, now)
-                claimed += got
-                spare -= len(got)
+                more = self._claim(conn, queue, spare, now)
+                claimed += more
+                spare -= len(more)
         return claimed
+
+    def _claim_each(
+        self, conn: Connection, plan: Sequence[tuple[str, int]], now: datetime
+    ) -> list[ClaimedJob]:
+        """Each queue's share of the plan; on PostgreSQL in one statement."""
+        wanted = [(queue, n) for queue, n in plan if n > 0]
+        if self.is_sqlite or len(wanted) < 2:
+            return [job for queue, n in wanted for job in self._claim(conn, queue, n, now)]
+        params: dict[str, Any] = {
+            "now": now,
+            "worker": self.worker_id,
+            "expires": now + self.lease,
+        }
+        for i, (queue, n) in enumerate(wanted):
+            params[f"b_queue_{i}"], params[f"n_{i}"] = queue, n
+        rows = conn.execute(sql.claim_statement(len(wanted)), params)
+        jobs = self._limited(conn, [ClaimedJob(*row) for row in rows])
+        rank = {queue: i for i, (queue, _) in enumerate(wanted)}
+        jobs.sort(key=lambda job: (rank[job.queue], job.priority, job.vtime, job.id))
+        return jobs
 
     def _claim(self, conn: Connection, queue: str, n: int, now: datetime) -> list[ClaimedJob]:
         if n <= 0:
             return []
         expires = now + self.lease
-        params = {
-            "b_queue": queue,
-            "n": n,
-            "now": now,
-            "worker": self.worker_id,
-            "expires": expires,
-        }
         if self.is_sqlite:
             jobs = _sqlite_hot.claim(_raw(conn), queue, n, now, self.worker_id, expires)
         else:
-            jobs = [ClaimedJob(*row) for row in conn.execute(sql.CLAIM, params)]
-        if any(job.concurrency_key for job in jobs):
-            jobs = self._enforce_limits(conn, jobs)
+            params = {
+                "b_queue_0": queue,
+                "n_0": n,
+                "now": now,
+                "worker": self.worker_id,
+                "expires": expires,
+            }
+            jobs = [ClaimedJob(*row) for row in conn.execute(sql.claim_statement(1), params)]
+        jobs = self._limited(conn, jobs)
         jobs.sort(key=lambda job: (job.priority, job.vtime, job.id))
+        return jobs
+
+    def _limited(self, conn: Connection, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
+        if any(job.concurrency_key for job in jobs):
+            return self._enforce_limits(conn, jobs)
         return jobs
 
     def _enforce_limits(self, conn: Connection, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
