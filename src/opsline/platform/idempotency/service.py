@@ -179,7 +179,7 @@ def _claim(
         "expires_at": now + TTL,
     }
     if ctx.db.is_sqlite:
-        uow.execute(_INSERT_KEY, row)
+        uow.connection.execute(_INSERT_KEY, row)
         return
     # The writes the use case held back (execute_later) travel with this one.
     lock_key = f"{ctx.tenant_id}\x1f{ctx.principal.subject}\x1f{key}"
