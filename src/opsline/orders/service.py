@@ -249,8 +249,9 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
         "created_at": now,
         "updated_at": now,
     }
-    # The order's rows wait for the status log's insert, the payment job and
-    # the event for the idempotency key's: on PostgreSQL, two round trips in all.
+    # Held back (execute_later): on PostgreSQL the order and its lines travel
+    # with the status log's insert, the payment job and the event with the
+    # idempotency key's claim; two round trips for the five writes.
     uow.execute_later(*values_insert(orders_table, [order]))
     uow.execute_later(*values_insert(lines_table, lines))
     record_status(uow, SimpleNamespace(**order), OrderStatus.PENDING)
