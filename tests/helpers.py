@@ -1,8 +1,11 @@
-"""Small helpers for API tests: accounts, headers."""
+"""Small helpers for tests: accounts, headers, stopping the processes a test started."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -88,3 +91,16 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     assert body["status"] == status
     assert body["detail"]
     return body
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it
+    started: SIGTERM to its group, SIGKILL if it has not exited in ``timeout`` s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

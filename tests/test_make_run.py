@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.helpers import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +72,7 @@ def test_make_run_serves_the_demo_tenant(tmp_path: Path) -> None:
         assert me.json()["tenant"]["name"] == "Demo Shop"
         assert me.json()["role"] == "owner"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=20)
         log.close()
     output = (tmp_path / "make-run.log").read_text()
     assert "opsline-demo-2026" in output  # the credentials were printed once

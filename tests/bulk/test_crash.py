@@ -34,6 +34,7 @@ from opsline.platform.engine.models import job_errors_table, jobs_table
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy.models import Tenant
 from opsline.settings import Settings
+from tests.helpers import stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +81,6 @@ def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> None:
@@ -215,5 +206,5 @@ def test_kill_9_mid_run_applies_every_record_once_and_undo_stays_exact(
         assert (undone.status, undone.processed, undone.failed) == ("completed", RECORDS, 0)
         assert _rows_hash(db, tenant) == before_hash
     finally:
-        _stop(first)
-        _stop(second)
+        stop_group(first)
+        stop_group(second)

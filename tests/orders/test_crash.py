@@ -22,6 +22,7 @@ from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
 from opsline.platform.engine.context import JobContext
 from opsline.settings import Settings
+from tests.helpers import stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +131,7 @@ def test_kill_9_mid_payment_then_the_sweeper_resolves_every_order(
         _wait(lambda: set(_statuses(runtime)) <= {"PAID", "FAILED"}, 60)
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+            stop_group(process)
         statuses = _statuses(runtime)
         with runtime.db.read() as session:
             stock = session.scalar(select(Product.stock).where(Product.id == product.id))
