@@ -94,7 +94,7 @@ def enqueue_later(uow: UnitOfWork, specs: Iterable[JobSpec]) -> None:
     dialect = uow.bind.dialect.name
     due = [row for row in rows if row["state"] == "available"]
     for row in due:
-        uow.execute_later(*_fair_insert_later(dialect, row))
+        uow.execute_later(*_fair(dialect, row, returning=False))
     if len(due) < len(rows):
         insert_rows(uow.connection, [row for row in rows if row["state"] != "available"])
     _after_enqueue(uow, rows)
@@ -228,33 +228,26 @@ _START_SYSTEM = select(func.coalesce(_TAIL_SYSTEM, _HEAD.scalar_subquery(), 0))
 
 
 @functools.cache
-def _fair_insert(dialect: str, *, system: bool, unique: bool) -> Any:
+def _fair_insert(
+    dialect: str, columns: tuple[str, ...], *, system: bool, unique: bool, returning: bool
+) -> Any:
     """One statement (one round trip on PostgreSQL): the row with its fair vtime,
-    and for a unique job nothing (no id returned) while one with its key is pending."""
+    and for a unique job nothing while one with its key is pending. Every value
+    is a named parameter; without ``returning`` it can be held back
+    (``UnitOfWork.execute_later``) and travel in another statement."""
     tail = _TAIL_SYSTEM if system else _TAIL
+    values: dict[str, Any] = {c: bindparam(c, type_=J[c].type) for c in columns}
+    values["vtime"] = func.coalesce(tail, _HEAD.scalar_subquery(), 0)
     factory = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = factory(jobs_table).values(vtime=func.coalesce(tail, _HEAD.scalar_subquery(), 0))
+    stmt = factory(jobs_table).values(values)
     if unique:
         stmt = stmt.on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
-    return stmt.returning(J.id)
+    # inline: the id is left to its sequence, nothing fetched (fits in a CTE).
+    return stmt.returning(J.id) if returning else stmt.inline()
 
 
-def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
-    params = {k: v for k, v in row.items() if k != "vtime"}
-    params["q"] = row["queue"]
-    system = row["tenant_id"] is None
-    if not system:
-        params["t"] = row["tenant_id"]
-    unique = row["unique_key"] is not None
-    stmt = _fair_insert(_dialect(executor), system=system, unique=unique)
-    inserted = executor.execute(stmt, params).scalar_one_or_none()
-    if inserted is not None:
-        return int(inserted)
-    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
-    return int(existing)
-
-
-def _fair_insert_later(dialect: str, row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _fair(dialect: str, row: dict[str, Any], *, returning: bool) -> tuple[Any, dict[str, Any]]:
+    """The fair insert of ``row`` and its parameters (the vtime is computed)."""
     params = {k: v for k, v in row.items() if k != "vtime"}
     params["q"] = row["queue"]
     system = row["tenant_id"] is None
@@ -262,23 +255,18 @@ def _fair_insert_later(dialect: str, row: dict[str, Any]) -> tuple[Any, dict[str
         params["t"] = row["tenant_id"]
     columns = tuple(k for k in row if k != "vtime")
     unique = row["unique_key"] is not None
-    return _fair_insert_values(dialect, columns, system=system, unique=unique), params
+    stmt = _fair_insert(dialect, columns, system=system, unique=unique, returning=returning)
+    return stmt, params
 
 
-@functools.cache
-def _fair_insert_values(
-    dialect: str, columns: tuple[str, ...], *, system: bool, unique: bool
-) -> Any:
-    """The fair insert with every value a named parameter, returning nothing."""
-    tail = _TAIL_SYSTEM if system else _TAIL
-    values: dict[str, Any] = {c: bindparam(c, type_=J[c].type) for c in columns}
-    values["vtime"] = func.coalesce(tail, _HEAD.scalar_subquery(), 0)
-    factory = pg_insert if dialect == "postgresql" else sqlite_insert
-    # inline: the id is left to its sequence, nothing fetched (fits in a CTE).
-    stmt = factory(jobs_table).values(values).inline()
-    if unique:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
-    return stmt
+def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
+    inserted = executor.execute(
+        *_fair(_dialect(executor), row, returning=True)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return int(inserted)
+    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
+    return int(existing)
 
 
 def _dialect(executor: Executor) -> str:
