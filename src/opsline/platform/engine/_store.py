@@ -135,43 +135,32 @@ class Store:
     ) -> list[ClaimedJob]:
         """Each queue's share of the plan; on PostgreSQL in one statement."""
         wanted = [(queue, n) for queue, n in plan if n > 0]
-        if self.is_sqlite or len(wanted) < 2:
+        if self.is_sqlite:
             return [job for queue, n in wanted for job in self._claim(conn, queue, n, now)]
-        params: dict[str, Any] = {
-            "now": now,
-            "worker": self.worker_id,
-            "expires": now + self.lease,
-        }
-        for i, (queue, n) in enumerate(wanted):
-            params[f"b_queue_{i}"], params[f"n_{i}"] = queue, n
-        rows = conn.execute(sql.claim_statement(len(wanted)), params)
-        jobs = self._limited(conn, [ClaimedJob(*row) for row in rows])
-        rank = {queue: i for i, (queue, _) in enumerate(wanted)}
-        jobs.sort(key=lambda job: (rank[job.queue], job.priority, job.vtime, job.id))
-        return jobs
+        return self._claim_postgres(conn, wanted, now) if wanted else []
 
     def _claim(self, conn: Connection, queue: str, n: int, now: datetime) -> list[ClaimedJob]:
         if n <= 0:
             return []
-        expires = now + self.lease
-        if self.is_sqlite:
-            jobs = _sqlite_hot.claim(_raw(conn), queue, n, now, self.worker_id, expires)
-        else:
-            params = {
-                "b_queue_0": queue,
-                "n_0": n,
-                "now": now,
-                "worker": self.worker_id,
-                "expires": expires,
-            }
-            jobs = [ClaimedJob(*row) for row in conn.execute(sql.claim_statement(1), params)]
-        jobs = self._limited(conn, jobs)
+        if not self.is_sqlite:
+            return self._claim_postgres(conn, [(queue, n)], now)
+        raw = _raw(conn)
+        jobs = _sqlite_hot.claim(raw, queue, n, now, self.worker_id, now + self.lease)
+        jobs = self._enforce_limits(conn, jobs)
         jobs.sort(key=lambda job: (job.priority, job.vtime, job.id))
         return jobs
 
-    def _limited(self, conn: Connection, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
-        if any(job.concurrency_key for job in jobs):
-            return self._enforce_limits(conn, jobs)
+    def _claim_postgres(
+        self, conn: Connection, wanted: Sequence[tuple[str, int]], now: datetime
+    ) -> list[ClaimedJob]:
+        """Up to ``n`` jobs of each (queue, n), in the order of ``wanted``, then of claim."""
+        params: dict[str, Any] = {"now": now, "worker": self.worker_id, "expires": now + self.lease}
+        for i, (queue, n) in enumerate(wanted):
+            params[f"b_queue_{i}"], params[f"n_{i}"] = queue, n
+        rows = conn.execute(sql.claim_statement(len(wanted)), params)
+        jobs = self._enforce_limits(conn, [ClaimedJob(*row) for row in rows])
+        rank = {queue: i for i, (queue, _) in enumerate(wanted)}
+        jobs.sort(key=lambda job: (rank[job.queue], job.priority, job.vtime, job.id))
         return jobs
 
     def _enforce_limits(self, conn: Connection, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
@@ -182,6 +171,8 @@ class Store:
         below then sees every committed claim; SQLite has one writer anyway.
         """
         keys = sorted({job.concurrency_key for job in jobs if job.concurrency_key})
+        if not keys:
+            return jobs
         if self.is_postgres:
             for key in keys:
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
