@@ -43,20 +43,25 @@ def is_allowed(source: OrderStatus, target: OrderStatus) -> bool:
     return (source, target) in TRANSITIONS
 
 
+# A status log entry's columns, and the order's columns they are taken from.
+_LOGGED = {
+    "tenant_id": "tenant_id",
+    "user_id": "user_id",
+    "order_id": "id",
+    "status": "status",
+    "total": "total",
+    "currency": "currency",
+    "at": "updated_at",
+}
+
+
 def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     """Append to the status log and push the change to live subscribers after commit.
 
     ``order`` is anything with the order's columns as attributes (a row or a model).
     """
-    row = {
-        "tenant_id": order.tenant_id,
-        "user_id": order.user_id,
-        "order_id": order.id,
-        "status": status.value,
-        "total": order.total,
-        "currency": order.currency,
-        "at": order.updated_at,
-    }
+    row = {column: getattr(order, field) for column, field in _LOGGED.items()}
+    row["status"] = status.value
     seq = uow.execute(*values_insert(changes_table, [row], returning=("seq",))).scalar_one()
     push_after_commit(uow, seq, order, status.value)
 
@@ -96,25 +101,11 @@ def _transition_statement(
     row = moved.cte("moved")
     log = (
         insert(changes_table)
-        .from_select(
-            _LOGGED,
-            select(
-                row.c.tenant_id,
-                row.c.user_id,
-                row.c.id,
-                row.c.status,
-                row.c.total,
-                row.c.currency,
-                row.c.updated_at,
-            ),
-        )
+        .from_select(list(_LOGGED), select(*(row.c[field] for field in _LOGGED.values())))
         .returning(changes_table.c.seq)
         .cte("logged")
     )
     return select(row, log.c.seq).select_from(row.join(log, true()))
-
-
-_LOGGED = ("tenant_id", "user_id", "order_id", "status", "total", "currency", "at")
 
 
 def transition(
