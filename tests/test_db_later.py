@@ -7,10 +7,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, event, func, select
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
-from opsline.db import Database, values_insert
+from opsline.db import Database, UnitOfWork, values_insert
 from opsline.orders.jobs import capture_payment
 from opsline.platform.engine.models import jobs_table
 from opsline.platform.runtime import Runtime
@@ -151,3 +163,79 @@ def test_enqueue_later_writes_the_job_and_skips_a_pending_unique_key(db: Databas
     with db.unit_of_work() as uow:  # same unique key while the first is pending
         capture_payment.enqueue_later(uow, tenant_id=tenant_id, order_id=order_id)
     assert _payment_jobs(db, order_id) == 1
+
+
+class Refused(Exception):
+    """The error a failed guard raises in these tests."""
+
+
+def _rename(name: str, new: str) -> tuple[Any, dict[str, Any]]:
+    stmt = (
+        update(things)
+        .where(things.c.name == bindparam("b_name"))
+        .values(name=bindparam("new"))
+        .returning(things.c.id)
+    )
+    return stmt, {"b_name": name, "new": new}
+
+
+def test_a_guard_that_holds_lets_the_unit_commit(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute(*values_insert(things, [_thing("a")]))
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(notes, [_thing("n")]))
+        uow.execute_later(*_rename("a", "b"), expect=1, otherwise=Refused)
+    assert _names(db, things) == ["b"]
+    assert _names(db, notes) == ["n"]
+
+
+def _refused_unit(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(notes, [_thing("dropped")]))
+        uow.execute_later(*_rename("absent", "x"), expect=1, otherwise=Refused)
+
+
+def _guard_sent_now(uow: UnitOfWork) -> None:
+    uow.execute_later(*_rename("absent", "x"), expect=1, otherwise=Refused)
+    uow.send()
+
+
+def test_a_failed_guard_raises_its_error_and_writes_nothing(db: Database) -> None:
+    with pytest.raises(Refused):
+        _refused_unit(db)
+    assert _names(db, notes) == []
+    # The unit is usable after a failed guard: what follows commits.
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(notes, [_thing("dropped")]))
+        with pytest.raises(Refused):
+            _guard_sent_now(uow)
+        uow.execute_later(*values_insert(notes, [_thing("after")]))
+    assert _names(db, notes) == ["after"]
+
+
+def test_a_guard_needs_its_error() -> None:
+    with pytest.raises(ValueError, match="otherwise"):
+        UnitOfWork(None, postgres=True).execute_later(*_rename("a", "b"), expect=1)  # type: ignore[arg-type]
+
+
+def test_lookups_and_held_back_writes_commit_as_one_statement(db: Database) -> None:
+    """On PostgreSQL no transaction is opened: one statement in autocommit, no BEGIN."""
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        autocommit = db.is_sqlite or bool(conn.connection.dbapi_connection.autocommit)
+        sent.append((statement.split()[0], autocommit))
+
+    with db.unit_of_work() as uow:
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            assert uow.lookup(select(func.count()).select_from(notes)).scalar_one() == 0
+            uow.execute_later(*values_insert(things, [_thing("a")]))
+            uow.execute_later(*values_insert(notes, [_thing("n")]))
+            uow.commit()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+    assert _names(db, things) == ["a"]
+    assert _names(db, notes) == ["n"]
+    if not db.is_sqlite:
+        assert sent == [("SELECT", True), ("WITH", True)]

@@ -25,7 +25,12 @@ outcome nothing waits for (an event's row, a job, an order's lines) can be held
 back with :meth:`UnitOfWork.execute_later`: it travels with the next statement
 run through :meth:`UnitOfWork.execute`, as a data-modifying CTE of that
 statement, or goes on its own before anything reads (the session, the
-connection) and at commit. SQLite, in-process, runs it at once.
+connection) and at commit. SQLite, in-process, runs it at once. A held-back
+write may carry a guard (``expect=`` rows, else ``otherwise``'s error), checked
+inside the statement that sends it. A unit that only looked things up
+(:meth:`UnitOfWork.lookup`) and held its writes back never opens a transaction:
+at commit its writes go as one statement, atomic by itself, with no ``BEGIN``
+or ``COMMIT`` round trip.
 
 On PostgreSQL, :meth:`Database.on_loop` runs the same blocking use-case code on
 the event loop: inside it, sessions and connections come from an asyncio engine
@@ -53,8 +58,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 import structlog
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Insert,
+    Integer,
     MetaData,
     Table,
     TypeDecorator,
@@ -62,16 +69,17 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     insert,
     select,
     union_all,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import BindParameter
-from sqlalchemy.sql.selectable import HasCTE
+from sqlalchemy.sql.selectable import HasCTE, Select
 from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 from sqlalchemy.util import greenlet_spawn
 
@@ -252,7 +260,8 @@ class Database:
         having done nothing, if another thread or process holds the write lock.
         """
         with self._writer(wait):
-            uow = UnitOfWork(self._current().sessions(), postgres=not self.is_sqlite)
+            binds = self._current()
+            uow = UnitOfWork(binds.sessions(), postgres=not self.is_sqlite, lookups=binds.lookups)
             try:
                 if not wait:  # BEGIN IMMEDIATE now, once: WriteLockBusy if taken
                     uow.session.connection(execution_options={"opsline_no_wait": True})
@@ -262,7 +271,7 @@ class Database:
                 uow.rollback()
                 raise
             finally:
-                uow.session.close()
+                uow.close()
         uow.run_after_commit()
 
     @contextmanager
@@ -321,16 +330,34 @@ class Database:
             engine.sync_engine.dispose(close=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    """A held-back write's check: the number of rows it must return, else an error."""
+
+    slot: int
+    expect: int
+    otherwise: Callable[[], BaseException]
+
+
+# Raised by opsline_expect (migration 0007) when a guard fails; its detail is the guard's number.
+GUARD_FAILED = "OL001"
+
+
 class UnitOfWork:
     """One transaction plus the callbacks to run after it commits."""
 
-    def __init__(self, session: Session, *, postgres: bool = False) -> None:
+    def __init__(
+        self, session: Session, *, postgres: bool = False, lookups: Engine | None = None
+    ) -> None:
         self._session = session
         self._postgres = postgres
+        self._lookups = lookups
         self._connection: Connection | None = None
+        self._outside: Connection | None = None  # PostgreSQL: autocommit, for lookup
         self._after_commit: list[Callable[[], None]] = []
         self._last: list[Callable[[], None]] = []
         self._later: list[tuple[Executable, Mapping[str, Any]]] = []
+        self._guards: list[_Guard] = []
         self._committed = False
         self.info: dict[str, Any] = {}
 
@@ -339,7 +366,7 @@ class UnitOfWork:
         """The ORM session of the transaction; writes queued with :meth:`execute_later`
         are sent first, so that what the session reads includes them."""
         if self._later:
-            self._send_later()
+            self.send()
         return self._session
 
     @property
@@ -365,20 +392,55 @@ class UnitOfWork:
         for step in steps:
             step()
 
-    def execute_later(self, statement: Executable, params: Mapping[str, Any]) -> None:
+    def lookup(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Any:
+        """Run a read that needs neither this unit's writes nor its snapshot.
+
+        On PostgreSQL, before the unit has opened its transaction, it runs in
+        autocommit on a connection of its own (no ``BEGIN``): a unit whose
+        statements are lookups and held-back writes then commits them as one
+        statement. Otherwise it runs in the transaction.
+        """
+        if self._postgres and self._lookups is not None and not self._in_transaction():
+            return self._outside_connection().execute(statement, params)
+        return self.connection.execute(statement, params)
+
+    def execute_later(
+        self,
+        statement: Executable,
+        params: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+        otherwise: Callable[[], BaseException] | None = None,
+    ) -> None:
         """A write whose outcome nothing in the transaction waits for.
 
         On PostgreSQL it is held back and sent with the next statement run by
         :meth:`execute` (or on its own before the session or :attr:`connection`
         is used, and at commit), so writes that return nothing cost no round
-        trip of their own. ``statement`` is an INSERT, UPDATE or DELETE without
-        RETURNING whose values are named parameters (see :func:`values_insert`).
-        An error it raises (a constraint) surfaces from that later statement; the
-        unit of work rolls back all the same. Elsewhere it runs at once.
+        trip of their own. ``statement`` is an INSERT, UPDATE or DELETE whose
+        values are named parameters (see :func:`values_insert`), or a SELECT
+        without FROM run for its effect (``pg_notify``), which goes with the
+        writes at commit or when something reads. An error it raises (a
+        constraint) surfaces from that later statement; the unit of work rolls
+        back all the same. Elsewhere it runs at once.
+
+        ``expect``: the statement (which then has a RETURNING clause) must
+        return that many rows; if not, the unit is rolled back and the error
+        ``otherwise()`` makes is raised where the write is sent. On PostgreSQL
+        the check runs inside the statement that carries the write.
         """
+        if expect is not None and otherwise is None:
+            raise ValueError("execute_later(expect=...) needs otherwise=")
         if not self._postgres:
-            self.connection.execute(statement, params)
+            result = self.connection.execute(statement, params)
+            if expect is not None and len(result.all()) != expect:
+                self.rollback()
+                raise cast(Callable[[], BaseException], otherwise)()
             return
+        if expect is not None:
+            self._guards.append(
+                _Guard(len(self._later), expect, cast(Callable[[], BaseException], otherwise))
+            )
         self._later.append((statement, params))
 
     def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Any:
@@ -389,23 +451,58 @@ class UnitOfWork:
         statement must not read rows they write (use :attr:`connection`, which
         sends them first, for that). Like theirs, its values must be named
         parameters (see :func:`values_insert`). Returns the statement's result.
+        Guarded writes are sent first, on their own.
         """
+        if self._guards or any(isinstance(s, Select) for s, _ in self._later):
+            self.send()  # checks and SELECTs go in a statement of their own
         if not self._later:
             return self._conn().execute(statement, params)
         later, self._later = self._later, []
         return self._conn().execute(*_carrying(statement, params or {}, later))
 
-    def _send_later(self) -> None:
-        """Send the queued writes now in one statement: the last one carries the others."""
+    def send(self) -> None:
+        """Send the held-back writes now, in one statement, and check their guards."""
+        if self._later:
+            self._send_later(self._conn())
+
+    def _send_later(self, conn: Connection) -> None:
         later, self._later = self._later, []
-        statement, params = later.pop()
-        self._conn().execute(*_carrying(statement, params, later))
+        guards, self._guards = self._guards, []
+        if not guards and not any(isinstance(s, Select) for s, _ in later):
+            # the last write carries the others
+            statement, params = later.pop()
+            conn.execute(*_carrying(statement, params, later))
+            return
+        statement, merged = _closing(later, tuple((g.slot, g.expect) for g in guards))
+        try:
+            conn.execute(statement, merged).all()
+        except DBAPIError as exc:
+            failed = _failed_guard(exc)
+            if failed is None:
+                raise
+            self.rollback()
+            raise guards[failed].otherwise() from None
 
     def _conn(self) -> Connection:
         self._session.flush()
         if self._connection is None:
             self._connection = self._session.connection()
         return self._connection
+
+    def _outside_connection(self) -> Connection:
+        if self._outside is None:
+            self._outside = cast(Engine, self._lookups).connect()
+        return self._outside
+
+    def _in_transaction(self) -> bool:
+        session = self._session
+        return bool(
+            self._connection is not None
+            or session.in_transaction()
+            or session.new
+            or session.dirty
+            or session.deleted
+        )
 
     @property
     def connection(self) -> Connection:
@@ -416,16 +513,22 @@ class UnitOfWork:
         writes queued with :meth:`execute_later`.
         """
         if self._later:
-            self._send_later()
+            self.send()
         return self._conn()
 
     def flush(self) -> None:
         self.session.flush()
 
     def commit(self) -> None:
+        """Commit (again, harmlessly, if nothing happened since the last commit).
+
+        A PostgreSQL unit that never opened its transaction sends its held-back
+        writes as one statement in autocommit: atomic by itself.
+        """
         self.run_last()
         if self._later:
-            self._send_later()
+            outside = self._postgres and self._lookups is not None and not self._in_transaction()
+            self._send_later(self._outside_connection() if outside else self._conn())
         self._session.commit()
         self._committed = True
 
@@ -433,10 +536,20 @@ class UnitOfWork:
         """Undo everything so far, side effects included; the unit stays usable."""
         self._session.rollback()
         self._connection = None
+        if self._outside is not None:
+            self._outside.rollback()  # nothing to undo in autocommit; resets its state
         self._later.clear()
+        self._guards.clear()
         self._last.clear()
         self._after_commit.clear()
         self.info.clear()
+        self._committed = False
+
+    def close(self) -> None:
+        self._session.close()
+        if self._outside is not None:
+            self._outside.close()
+            self._outside = None
 
     def run_after_commit(self) -> None:
         if not self._committed:
@@ -510,6 +623,55 @@ def _with_ctes(statement: Executable, later: tuple[Executable, ...]) -> Executab
     # shapes): a reused statement object keeps its cache key and compiled form.
     ctes = [_prefixed(s, f"w{slot}_").cte(f"w{slot}") for slot, s in enumerate(later)]
     return cast(Executable, cast(HasCTE, _prefixed(statement, "c_")).add_cte(*ctes))
+
+
+def _closing(
+    later: list[tuple[Executable, Mapping[str, Any]]], guards: tuple[tuple[int, int], ...]
+) -> tuple[Executable, dict[str, Any]]:
+    """The ``later`` statements as one SELECT, and all their parameters.
+
+    Writes become its data-modifying CTEs, held-back SELECTs (a ``pg_notify``)
+    give it their columns, and each guard's check is a column of it.
+    """
+    merged: dict[str, Any] = {}
+    for slot, (_, values) in enumerate(later):
+        merged.update({f"w{slot}_{name}": value for name, value in values.items()})
+    for number, (_, expect) in enumerate(guards):
+        merged[f"g{number}"] = expect
+    return _closing_select(tuple(s for s, _ in later), tuple(slot for slot, _ in guards)), merged
+
+
+@functools.lru_cache(maxsize=256)
+def _closing_select(later: tuple[Executable, ...], slots: tuple[int, ...]) -> Executable:
+    ctes: dict[int, Any] = {}
+    columns: list[Any] = []
+    for slot, statement in enumerate(later):
+        prefixed = _prefixed(statement, f"w{slot}_")
+        if isinstance(statement, Select):
+            columns.extend(
+                column.label(f"s{slot}_{i}") for i, column in enumerate(prefixed.selected_columns)
+            )
+        else:
+            ctes[slot] = prefixed.cte(f"w{slot}")
+    checks = [
+        func.opsline_expect(
+            select(func.count()).select_from(ctes[slot]).scalar_subquery()
+            == bindparam(f"g{number}", type_=Integer()),
+            number,
+            type_=Boolean(),
+        ).label(f"g{number}")
+        for number, slot in enumerate(slots)
+    ]
+    return select(*checks, *columns).add_cte(*ctes.values())
+
+
+def _failed_guard(exc: DBAPIError) -> int | None:
+    """The number of the guard whose check raised ``exc``, if that is what it is."""
+    if getattr(exc.orig, "sqlstate", None) != GUARD_FAILED:
+        return None
+    diag = getattr(exc.orig, "diag", None)
+    detail = getattr(diag, "message_detail", None)
+    return int(detail) if detail is not None and detail.isdigit() else None
 
 
 def _prefixed(statement: Executable, prefix: str) -> Any:
