@@ -118,15 +118,17 @@ def test_postgres_notify_carries_the_writes_held_back(
         statements.append(statement)
 
     event = OrderApproved(tenant_id=tenant, order_id=uuid.uuid4(), amount_cents=3)
-    with db.unit_of_work() as uow:
-        publish(uow, event)  # the event's row is held back (execute_later)
-        sa_event.listen(db.engine, "before_cursor_execute", record)
-        try:
+    sa_event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with db.unit_of_work() as uow:
+            publish(uow, event)  # the row and its NOTIFY are both held back
             uow.run_last()
-        finally:
-            sa_event.remove(db.engine, "before_cursor_execute", record)
-    assert len(statements) == 1  # one round trip: the row and the NOTIFY
-    assert "INSERT INTO events" in statements[0] and "pg_notify" in statements[0]
+            assert statements == []  # nothing sent yet: it all goes with the commit
+    finally:
+        sa_event.remove(db.engine, "before_cursor_execute", record)
+    # one round trip for the row and the NOTIFY, as the unit's closing statement
+    carried = [s for s in statements if "pg_notify" in s]
+    assert len(carried) == 1 and "INSERT INTO events" in carried[0]
     message = notified.get(timeout=5)
     assert message is not None and message["id"] == str(event.id)
     with db.read() as session:

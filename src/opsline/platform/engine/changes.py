@@ -74,13 +74,23 @@ def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> No
     messages.append((name, message))
 
 
+def notified_in_statements(uow: UnitOfWork) -> bool:
+    """Whether ``uow``'s own statements may publish its messages: PostgreSQL's
+    ``NOTIFY`` is the pub/sub and runs on the same database (see
+    :func:`opsline.platform.realtime.pubsub.spliced_payload`, on channel
+    :data:`PG_CHANNEL`)."""
+    bind = uow.bind
+    pubsub = pubsub_for(bind.engine)
+    return isinstance(pubsub, PostgresPubSub) and bind.dialect.name == "postgresql"
+
+
 def _notify_in_transaction(uow: UnitOfWork, messages: list[tuple[str, dict[str, Any]]]) -> None:
     payloads = notify_payloads(messages)
     messages.clear()  # a message queued after this step runs queues a step of its own
     if payloads:
-        # Through the unit of work: writes it holds back travel with the NOTIFY.
+        # Held back: it goes with the writes the unit of work holds back, in one statement.
         params = {f"payload_{i}": payload for i, payload in enumerate(payloads)}
-        uow.execute(_notify_select(len(payloads)), {"channel": PG_CHANNEL, **params}).all()
+        uow.execute_later(_notify_select(len(payloads)), {"channel": PG_CHANNEL, **params})
 
 
 @functools.lru_cache(maxsize=32)
