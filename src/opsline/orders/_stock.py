@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from opsline.db import utcnow
+from opsline.db import UnitOfWork, utcnow
 from opsline.orders.errors import InsufficientStock
 from opsline.orders.models import Product, lines_table, products_table
 
@@ -28,11 +28,12 @@ _TAKE = (
         P.stock >= bindparam("b_quantity"),
     )
     .values(stock=P.stock - bindparam("b_quantity"), updated_at=bindparam("b_now"))
+    .returning(P.id)
 )
 
 
 def take(
-    conn: Connection,
+    uow: UnitOfWork,
     tenant_id: uuid.UUID,
     quantities: Mapping[uuid.UUID, int],
     *,
@@ -40,46 +41,48 @@ def take(
 ) -> None:
     """Decrement every product or none; raises InsufficientStock naming each short product.
 
-    Must run inside a transaction the caller rolls back on error (a savepoint
-    or the unit of work), since earlier decrements stand until then.
+    Each decrement must change its row, else the unit of work is rolled back
+    and the shortage is reported from the stock then left. One product's
+    decrement is held back: on PostgreSQL it goes, checked, in the statement
+    that sends the unit's other writes. Several are sent one by one in product
+    order, so that two orders over the same products lock them in one order.
     """
     now = now or utcnow()
     for product_id in sorted(quantities):
-        quantity = quantities[product_id]
-        result = conn.execute(
+        uow.execute_later(
             _TAKE,
-            {"b_id": product_id, "b_tenant_id": tenant_id, "b_quantity": quantity, "b_now": now},
+            {
+                "b_id": product_id,
+                "b_tenant_id": tenant_id,
+                "b_quantity": quantities[product_id],
+                "b_now": now,
+            },
+            expect=1,
+            otherwise=lambda: _shortage(uow, tenant_id, quantities),
         )
-        if result.rowcount != 1:
-            raise _shortage(conn, tenant_id, quantities, product_id)
+        if len(quantities) > 1:
+            uow.send()
 
 
 def _shortage(
-    conn: Connection,
-    tenant_id: uuid.UUID,
-    quantities: Mapping[uuid.UUID, int],
-    failed: uuid.UUID,
+    uow: UnitOfWork, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, int]
 ) -> InsufficientStock:
-    # Decrements made so far in this transaction are added back to report what
-    # is really available to this order.
-    taken = {pid: q for pid, q in quantities.items() if pid < failed}
-    rows = conn.execute(
+    # Called with the unit rolled back: what is in stock is what is available.
+    rows = uow.lookup(
         select(Product.id, Product.sku, Product.stock).where(
             Product.tenant_id == tenant_id, Product.id.in_(list(quantities))
         )
     ).all()
-    short = []
-    for product_id, sku, stock in rows:
-        available = stock + taken.get(product_id, 0)
-        if available < quantities[product_id]:
-            short.append(
-                {
-                    "product_id": str(product_id),
-                    "sku": sku,
-                    "requested": quantities[product_id],
-                    "available": available,
-                }
-            )
+    short = [
+        {
+            "product_id": str(product_id),
+            "sku": sku,
+            "requested": quantities[product_id],
+            "available": stock,
+        }
+        for product_id, sku, stock in sorted(rows)
+        if stock < quantities[product_id]
+    ]
     names = ", ".join(f"{s['sku']} (available {s['available']})" for s in short)
     return InsufficientStock(f"not enough stock for {names or 'some products'}", short=short)
 

@@ -270,7 +270,7 @@ def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any
     # Stock last, after the idempotency key too: on PostgreSQL the hot product
     # rows stay locked only for the decrements and the commit. A shortage
     # rolls everything back.
-    uow.last(lambda: _stock.take(uow.connection, ctx.tenant_id, quantities, now=now))
+    uow.last(lambda: _stock.take(uow, ctx.tenant_id, quantities, now=now))
     return _order_body(order, lines)
 
 
@@ -306,9 +306,10 @@ _ORDERABLE = {
 def _products_for(
     uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
 ) -> dict[uuid.UUID, Any]:
-    conn = uow.connection
-    found = conn.execute(
-        _ORDERABLE[conn.dialect.name], {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
+    # Outside the transaction on PostgreSQL: it has not begun, and the order
+    # may then commit as one statement (see UnitOfWork.lookup).
+    found = uow.lookup(
+        _ORDERABLE[uow.bind.dialect.name], {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
     ).all()
     products = {p.id: p for p in found}
     missing = [str(pid) for pid in quantities if pid not in products]

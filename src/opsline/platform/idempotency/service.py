@@ -146,7 +146,9 @@ def _first_run(
         try:
             body = action(uow)
             _claim(uow, ctx, key, request_fingerprint, status, body)
-            uow.run_last()  # the use case's hot-row statements, after the key
+            # The use case's hot-row statements run after the key; on PostgreSQL
+            # the checks of held-back writes (a stock decrement's) run here too.
+            uow.commit()
         except KeyInFlight:
             raise  # about the key, not an answer of the use case's to store
         except Problem as exc:
@@ -181,11 +183,15 @@ def _claim(
     if ctx.db.is_sqlite:
         uow.connection.execute(_INSERT_KEY, row)
         return
-    # The writes the use case held back (execute_later) travel with this one.
+    # Held back: it travels with the use case's other writes; the claim must
+    # insert its row, else another transaction holds the key.
     lock_key = f"{ctx.tenant_id}\x1f{ctx.principal.subject}\x1f{key}"
-    claimed = uow.execute(_CLAIM_KEY_PG, {**row, "lock_key": lock_key}).first()
-    if claimed is None:
-        raise KeyInFlight("a request with this Idempotency-Key is in progress")
+    uow.execute_later(
+        _CLAIM_KEY_PG,
+        {**row, "lock_key": lock_key},
+        expect=1,
+        otherwise=lambda: KeyInFlight("a request with this Idempotency-Key is in progress"),
+    )
 
 
 def _stored(ctx: Context, key: str) -> IdempotencyKey | None:
