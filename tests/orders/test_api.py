@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.engine import Engine
 
 from opsline.orders.models import products_table
 from opsline.platform.runtime import Runtime
@@ -238,6 +240,33 @@ def test_the_same_key_while_the_first_request_is_open_is_409_at_once(
     replay = shop.order([(product["id"], 1)], key="open")
     assert replay.status_code == 201
     assert replay.headers["idempotent-replayed"] == "true"
+    assert shop.stock(product["id"]) == 4
+
+
+def test_an_order_on_postgresql_is_two_reads_and_one_statement(
+    shop: Shop, runtime: Runtime
+) -> None:
+    if runtime.db.is_sqlite:
+        pytest.skip("SQLite runs held-back writes at once, in its one writer's transaction")
+    product = shop.product(stock=5)
+    sent: list[tuple[int, str, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        autocommit = bool(conn.connection.dbapi_connection.autocommit)
+        sent.append((threading.get_ident(), statement, autocommit))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        response = shop.order([(product["id"], 1)])
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert response.status_code == 201, response.text
+    [request_thread] = {thread for thread, statement, _ in sent if "FROM products" in statement}
+    mine = [(s.split()[0], auto) for thread, s, auto in sent if thread == request_thread]
+    # The token's session, the products, then the order, its lines, status log,
+    # payment job, event, key, stock decrement and NOTIFY: one statement, in
+    # autocommit (no BEGIN, no COMMIT).
+    assert mine == [("SELECT", True), ("SELECT", True), ("WITH", True)]
     assert shop.stock(product["id"]) == 4
 
 

@@ -33,8 +33,15 @@ def status_message(seq: int, order: Any, status: str) -> dict[str, Any]:
     }
 
 
+def channels(order: Any) -> list[str]:
+    """Where an order's status changes go: the tenant's channel, and its user's."""
+    found = [tenant_channel(order.tenant_id)]
+    if order.user_id is not None:
+        found.append(user_channel(order.tenant_id, order.user_id))
+    return found
+
+
 def push_after_commit(uow: UnitOfWork, seq: int, order: Any, status: str) -> None:
     message = status_message(seq, order, status)
-    send_after_commit(uow, tenant_channel(order.tenant_id), message)
-    if order.user_id is not None:
-        send_after_commit(uow, user_channel(order.tenant_id, order.user_id), message)
+    for name in channels(order):
+        send_after_commit(uow, name, message)

@@ -12,12 +12,25 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, bindparam, insert, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    bindparam,
+    cast,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 
 from opsline.db import UnitOfWork, utcnow, values_insert
-from opsline.orders._live import push_after_commit
+from opsline.orders._live import channels, push_after_commit, status_message
 from opsline.orders.errors import InvalidTransition, OrderNotFound
 from opsline.orders.models import changes_table, orders_table
+from opsline.platform.engine.changes import notified_in_statements
+from opsline.platform.realtime.pubsub import PG_CHANNEL, spliced_payload
 
 
 class OrderStatus(enum.StrEnum):
@@ -59,11 +72,38 @@ def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     """Append to the status log and push the change to live subscribers after commit.
 
     ``order`` is anything with the order's columns as attributes (a row or a model).
+    With PostgreSQL's ``NOTIFY`` as the pub/sub the entry is held back, and the
+    insert itself notifies, with the ``seq`` it assigns: no round trip of its own.
     """
     row = {column: getattr(order, field) for column, field in _LOGGED.items()}
     row["status"] = status.value
-    seq = uow.execute(*values_insert(changes_table, [row], returning=("seq",))).scalar_one()
-    push_after_commit(uow, seq, order, status.value)
+    if not notified_in_statements(uow):
+        seq = uow.execute(*values_insert(changes_table, [row], returning=("seq",))).scalar_one()
+        push_after_commit(uow, seq, order, status.value)
+        return
+    insert_row, params = values_insert(changes_table, [row])
+    message = status_message(0, order, status.value)  # its seq comes from the insert
+    names = channels(order)
+    for i, name in enumerate(names):
+        params[f"n_head_{i}"], params[f"n_tail_{i}"] = spliced_payload(name, message, "seq")
+    uow.execute_later(_notifying(insert_row, len(names)), {**params, "n_channel": PG_CHANNEL})
+
+
+@functools.cache
+def _notifying(insert_row: Any, count: int) -> Any:
+    """``insert_row`` into the status log, notifying ``count`` payloads with its ``seq``."""
+    seq = cast(changes_table.c.seq, String())
+    return insert_row.returning(
+        *(
+            func.pg_notify(
+                bindparam("n_channel", type_=String()),
+                bindparam(f"n_head_{i}", type_=String())
+                + seq
+                + bindparam(f"n_tail_{i}", type_=String()),
+            )
+            for i in range(count)
+        )
+    )
 
 
 # Column expressions a transition may set (module constants, so statements cache).

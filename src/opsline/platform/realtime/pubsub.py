@@ -244,6 +244,17 @@ def notify_payloads(messages: Sequence[tuple[str, Message]]) -> list[str]:
     return payloads
 
 
+def spliced_payload(channel: str, message: Message, first: str) -> tuple[str, str]:
+    """The ``NOTIFY`` payload of ``message`` on ``channel``, cut where ``message[first]`` goes.
+
+    For a value that the statement sending the ``NOTIFY`` assigns (a log's
+    sequence number): the statement puts the value's JSON text between the two
+    parts, and subscribers receive what :func:`notify_payloads` would give.
+    """
+    rest = orjson.dumps({k: v for k, v in message.items() if k != first} | {"channel": channel})
+    return "{" + orjson.dumps(first).decode() + ":", "," + rest.decode()[1:]
+
+
 def create_pubsub(settings: Settings) -> PubSub:
     """Redis when configured, else PostgreSQL NOTIFY on PostgreSQL, else in-process."""
     if settings.redis_url:
