@@ -239,3 +239,23 @@ def test_lookups_and_held_back_writes_commit_as_one_statement(db: Database) -> N
     assert _names(db, notes) == ["n"]
     if not db.is_sqlite:
         assert sent == [("SELECT", True), ("WITH", True)]
+
+
+def test_a_long_closing_statement_is_parsed_once(db: Database) -> None:
+    """psycopg caches its placeholder conversion only for short queries by default;
+    a closing statement of many held-back writes is longer, and repeats."""
+    if db.is_sqlite:
+        pytest.skip("psycopg's query conversion")
+    from psycopg import _queries
+
+    def unit() -> None:
+        with db.unit_of_work() as uow:
+            for i in range(30):  # 30 CTEs, 60 parameters, over 4 KiB
+                uow.execute_later(*values_insert(notes, [_thing(f"n{i}")]))
+
+    unit()
+    parsed = _queries._query2pg.cache_info()
+    unit()
+    again = _queries._query2pg.cache_info()
+    assert again.hits > parsed.hits and again.misses == parsed.misses
+    assert len(_names(db, notes)) == 60
