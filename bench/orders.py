@@ -2,21 +2,26 @@
 
 For each database (SQLite embedded, PostgreSQL) and each client count, wrk posts
 orders with unique Idempotency-Keys for a fixed time: once on one hot SKU, once
-spread over a catalogue. In the same run, on the same database and client count:
+spread over a catalogue. Against them, on the same database and client count, the
+HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``), in
+the thread pool, and on the event loop as orders are placed. Floors and orders run
+in rounds (floor, floor on the loop, hot, spread; three rounds in a full run), both
+servers up throughout: a ratio is taken within a round, where the machine's speed
+is the same for both sides, and the median round's is reported. These machines are
+shared and their speed drifts by a factor of two within minutes.
 
-- the HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``),
-  in the thread pool, and on the event loop as orders are placed;
-- the raw conditional stock UPDATE rate (pgbench on PostgreSQL, a sqlite3 loop on SQLite);
-- the orders again with the optional Redis lock layer on.
+Then the orders again with the optional Redis lock layer on, and the raw conditional
+stock UPDATE rate (pgbench on PostgreSQL, a sqlite3 loop on SQLite).
 
 After the runs every product is checked: initial stock = final stock + units held
 by live orders, and stock never negative; ``oversell`` counts violations (must be 0).
 A scarce round (stock 200, hot, many clients) checks that exactly the stock is sold.
 
 Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clients 1,8,32]
-[--workers 2] [--worker-process]`` (``--workers 0``: the requests alone, payments left
-pending; ``--worker-process``: the payment workers in an ``opsline worker`` process of their
-own, whose CPU per order is ``helper_cpu_ms_per_request``).
+[--rounds 3] [--seconds 6] [--[no-]lock] [--workers 2] [--worker-process]`` (``--workers 0``: the
+requests alone, payments left pending; ``--worker-process``: the payment workers in an
+``opsline worker`` process of their own, whose CPU per order is
+``helper_cpu_ms_per_request``).
 The last line of stdout is one JSON object.
 """
 
@@ -218,19 +223,68 @@ def _raw_updates(
     return round(float(re.search(r"tps = ([\d.]+)", out).group(1)), 1)  # type: ignore[union-attr]
 
 
-def _floor(
-    env: dict[str, str], clients: list[int], seconds: float, path: str
-) -> dict[int, dict[str, Any]]:
+@contextmanager
+def _floor_server(env: dict[str, str]) -> Iterator[Served]:
     port = free_port()
     command = [opsline()[0].replace("opsline", "python"), "-m", "bench._floor_app", str(port)]
     with server(command, {**SERVER_ENV, **env}, port, "/health/ready") as base:
-        body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
-        return {c: wrk(base, path, body, clients=c, seconds=seconds) for c in clients}
+        yield base
 
 
 def _serve(env: dict[str, str]) -> tuple[list[str], int]:
     port = free_port()
     return opsline("serve", "--port", str(port)), port
+
+
+def _round(
+    floor: Served,
+    base: Served,
+    shop: dict[str, Any],
+    clients: int,
+    seconds: float,
+    helpers: list[int],
+) -> dict[str, Any]:
+    """The floors and the orders one after the other, as close in time as they can be."""
+    body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
+    return {
+        "floor_insert": wrk(
+            floor, "/insert", body, clients=clients, seconds=seconds, helpers=helpers
+        ),
+        "floor_insert_inline": wrk(
+            floor, "/insert-inline", body, clients=clients, seconds=seconds, helpers=helpers
+        ),
+        "orders": _orders(base, shop, clients, seconds, helpers),
+    }
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure from the round with its median rate, and every ratio as the median
+    of the per-round ratios: a ratio is taken within a round, where the machine's
+    speed is the same for both sides."""
+
+    def median_of(pick: Any) -> Any:
+        return sorted(rounds, key=lambda r: pick(r)["per_s"])[len(rounds) // 2]
+
+    figures: dict[str, Any] = {
+        "rounds": len(rounds),
+        "floor_insert": median_of(lambda r: r["floor_insert"])["floor_insert"],
+        "floor_insert_inline": median_of(lambda r: r["floor_insert_inline"])["floor_insert_inline"],
+        "orders": {
+            scenario: median_of(lambda r, s=scenario: r["orders"][s])["orders"][scenario]
+            for scenario in ("hot", "spread")
+        },
+    }
+    for scenario in ("hot", "spread"):
+        for floor, suffix in (("floor_insert", ""), ("floor_insert_inline", "_inline")):
+            ratios = sorted(
+                r["orders"][scenario]["per_s"] / r[floor]["per_s"]
+                for r in rounds
+                if r[floor]["per_s"]
+            )
+            key = f"ratio_{scenario}_to_floor{suffix}"
+            figures[key] = round(ratios[len(ratios) // 2], 3) if ratios else None
+            figures[key + "_rounds"] = [round(x, 3) for x in ratios]
+    return figures
 
 
 def run_backend(
@@ -239,6 +293,7 @@ def run_backend(
     seconds: float,
     skus: int,
     *,
+    rounds: int,
     lock: bool,
     workers: int,
     worker_process: bool,
@@ -252,11 +307,13 @@ def run_backend(
         with (
             server(command, env, port, "/health/ready") as base,
             _payment_workers(env, workers, worker_process) as helpers,
+            _floor_server(env) as floor,
         ):
             shop = _shop(base.url, skus)
             for c in clients:
-                log(f"{backend}: orders with {c} clients")
-                result["clients"][c] = {"orders": _orders(base, shop, c, seconds, helpers)}
+                log(f"{backend}: floors and orders with {c} clients, {rounds} rounds")
+                measured = [_round(floor, base, shop, c, seconds, helpers) for _ in range(rounds)]
+                result["clients"][c] = _median_round(measured)
             log(f"{backend}: scarce round")
             wrk(
                 base,
@@ -281,30 +338,17 @@ def run_backend(
                         base, shop, c, seconds, helpers
                     )
             result["oversell"] += _conservation(env)["oversell"]
-        log(f"{backend}: HTTP floor")
-        floors = _floor(env, clients, seconds, "/insert")
-        inline = _floor(env, clients, seconds, "/insert-inline")
         for c in clients:
-            result["clients"][c]["floor_insert"] = floors[c]
-            if c in inline:
-                result["clients"][c]["floor_insert_inline"] = inline[c]
             log(f"{backend}: raw conditional UPDATE, {c} clients")
             result["clients"][c]["raw_update_per_s"] = _raw_updates(
                 backend, env, c, seconds, shop["hot"]
             )
-        _ratios(backend, result)
+        _ratios(result)
         return result
 
 
-def _ratios(backend: str, result: dict[str, Any]) -> None:
+def _ratios(result: dict[str, Any]) -> None:
     for figures in result["clients"].values():
-        floor = figures["floor_insert"]["per_s"]
-        inline = figures.get("floor_insert_inline", {}).get("per_s")
-        for scenario in ("hot", "spread"):
-            rate = figures["orders"][scenario]["per_s"]
-            figures[f"ratio_{scenario}_to_floor"] = round(rate / floor, 3) if floor else None
-            if inline:
-                figures[f"ratio_{scenario}_to_floor_inline"] = round(rate / inline, 3)
         raw = figures["raw_update_per_s"]
         figures["ratio_hot_to_raw_update"] = (
             round(figures["orders"]["hot"]["per_s"] / raw, 3) if raw else None
@@ -320,7 +364,18 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--clients", default=None, help="e.g. 1,8,32")
     parser.add_argument("--seconds", type=float, default=None)
-    parser.add_argument("--no-lock", action="store_true", help="skip the Redis lock layer runs")
+    parser.add_argument(
+        "--lock",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the orders again with the Redis lock layer (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="floor/orders rounds per client count; ratios are the median round's (3, quick 1)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -335,7 +390,8 @@ def main() -> None:
     args = parser.parse_args()
     require_wrk()
     clients = [int(c) for c in (args.clients or ("8" if args.quick else "1,8,32")).split(",")]
-    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    seconds = args.seconds or (2.0 if args.quick else 6.0)
+    rounds = args.rounds or (1 if args.quick else 3)
     skus = 100 if args.quick else 1000
     backends = {}
     for backend in args.backends.split(","):
@@ -345,7 +401,8 @@ def main() -> None:
                 clients,
                 seconds,
                 skus,
-                lock=not args.no_lock,
+                rounds=rounds,
+                lock=not args.quick if args.lock is None else args.lock,
                 workers=args.workers,
                 worker_process=args.worker_process,
             )
@@ -356,6 +413,7 @@ def main() -> None:
             "benchmark": "orders",
             "quick": args.quick,
             "seconds": seconds,
+            "rounds": rounds,
             "workers": args.workers,
             "worker_process": args.worker_process,
             "backends": backends,
