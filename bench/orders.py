@@ -6,8 +6,10 @@ spread over a catalogue. Against them, on the same database and client count, th
 HTTP floor: a bare FastAPI endpoint doing one insert (``bench/_floor_app.py``), in
 the thread pool, and on the event loop as orders are placed. Floors and orders run
 in rounds (floor, floor on the loop, hot, spread; three rounds in a full run), both
-servers up throughout: a ratio is taken within a round, where the machine's speed
-is the same for both sides, and the median round's is reported. These machines are
+servers up throughout (the orders server and its workers stopped while a floor
+runs, so that the payments still owed do not run against it): a ratio is taken
+within a round, where the machine's speed is the same for both sides, and the
+median round's is reported. These machines are
 shared and their speed drifts by a factor of two within minutes.
 
 Then the orders again with the optional Redis lock layer on, and the raw conditional
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -243,18 +247,55 @@ def _round(
     clients: int,
     seconds: float,
     helpers: list[int],
+    sqlite_file: Path | None,
 ) -> dict[str, Any]:
     """The floors and the orders one after the other, as close in time as they can be."""
     body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
-    return {
-        "floor_insert": wrk(
-            floor, "/insert", body, clients=clients, seconds=seconds, helpers=helpers
-        ),
-        "floor_insert_inline": wrk(
-            floor, "/insert-inline", body, clients=clients, seconds=seconds, helpers=helpers
-        ),
-        "orders": _orders(base, shop, clients, seconds, helpers),
-    }
+    with _paused([base.pid, *helpers], sqlite_file):
+        floors = {
+            "floor_insert": wrk(floor, "/insert", body, clients=clients, seconds=seconds),
+            "floor_insert_inline": wrk(
+                floor, "/insert-inline", body, clients=clients, seconds=seconds
+            ),
+        }
+    return {**floors, "orders": _orders(base, shop, clients, seconds, helpers)}
+
+
+@contextmanager
+def _paused(groups: list[int], sqlite_file: Path | None) -> Iterator[None]:
+    """Stop the orders server and its workers (process groups) while a floor runs.
+
+    The payments the orders left behind would otherwise be worked off against
+    the floor. On SQLite they are stopped only at a moment none of them holds
+    the write lock, else the floor would wait for it.
+    """
+    for _ in range(500):
+        for group in groups:
+            os.killpg(group, signal.SIGSTOP)
+        if sqlite_file is None or _write_lock_free(sqlite_file):
+            break
+        for group in groups:
+            os.killpg(group, signal.SIGCONT)
+        time.sleep(0.01)
+    else:
+        raise RuntimeError("the SQLite write lock was never free to pause the orders server")
+    try:
+        yield
+    finally:
+        for group in groups:
+            os.killpg(group, signal.SIGCONT)
+
+
+def _write_lock_free(path: Path) -> bool:
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
 
 
 def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -303,6 +344,7 @@ def run_backend(
         env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(embedded)}
         run_cli(opsline("migrate"), env)
         result: dict[str, Any] = {"clients": {}}
+        sqlite_file = Path(env["OPSLINE_VAR_DIR"]) / "opsline.db" if backend == "sqlite" else None
         command, port = _serve(env)
         with (
             server(command, env, port, "/health/ready") as base,
@@ -312,7 +354,10 @@ def run_backend(
             shop = _shop(base.url, skus)
             for c in clients:
                 log(f"{backend}: floors and orders with {c} clients, {rounds} rounds")
-                measured = [_round(floor, base, shop, c, seconds, helpers) for _ in range(rounds)]
+                measured = [
+                    _round(floor, base, shop, c, seconds, helpers, sqlite_file)
+                    for _ in range(rounds)
+                ]
                 result["clients"][c] = _median_round(measured)
             log(f"{backend}: scarce round")
             wrk(
