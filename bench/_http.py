@@ -261,6 +261,7 @@ def _wait_idle(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGCONT)  # a group left stopped (bench.orders) must run to end
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
