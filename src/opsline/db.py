@@ -400,7 +400,7 @@ class UnitOfWork:
         statements are lookups and held-back writes then commits them as one
         statement. Otherwise it runs in the transaction.
         """
-        if self._postgres and self._lookups is not None and not self._in_transaction():
+        if self._transactionless():
             return self._outside_connection().execute(statement, params)
         return self.connection.execute(statement, params)
 
@@ -494,15 +494,12 @@ class UnitOfWork:
             self._outside = cast(Engine, self._lookups).connect()
         return self._outside
 
-    def _in_transaction(self) -> bool:
+    def _transactionless(self) -> bool:
+        """PostgreSQL, and the unit has not opened its transaction (nor has work for one)."""
+        if not self._postgres or self._lookups is None or self._connection is not None:
+            return False
         session = self._session
-        return bool(
-            self._connection is not None
-            or session.in_transaction()
-            or session.new
-            or session.dirty
-            or session.deleted
-        )
+        return not (session.in_transaction() or session.new or session.dirty or session.deleted)
 
     @property
     def connection(self) -> Connection:
@@ -527,8 +524,9 @@ class UnitOfWork:
         """
         self.run_last()
         if self._later:
-            outside = self._postgres and self._lookups is not None and not self._in_transaction()
-            self._send_later(self._outside_connection() if outside else self._conn())
+            self._send_later(
+                self._outside_connection() if self._transactionless() else self._conn()
+            )
         self._session.commit()
         self._committed = True
 

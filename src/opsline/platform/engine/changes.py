@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import String, bindparam, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from opsline.db import Database, UnitOfWork
 from opsline.platform.realtime import PostgresPubSub, PubSub
@@ -67,7 +67,7 @@ def send_after_commit(uow: UnitOfWork, name: str, message: dict[str, Any]) -> No
         return
     messages: list[tuple[str, dict[str, Any]]] = uow.info.setdefault("engine_changes", [])
     if not messages:
-        if isinstance(pubsub, PostgresPubSub) and bind.dialect.name == "postgresql":
+        if _notified_in_statements(pubsub, bind):
             uow.last(lambda: _notify_in_transaction(uow, messages))
         else:
             uow.after_commit(lambda: send(pubsub, messages))
@@ -80,7 +80,10 @@ def notified_in_statements(uow: UnitOfWork) -> bool:
     :func:`opsline.platform.realtime.pubsub.spliced_payload`, on channel
     :data:`PG_CHANNEL`)."""
     bind = uow.bind
-    pubsub = pubsub_for(bind.engine)
+    return _notified_in_statements(pubsub_for(bind.engine), bind)
+
+
+def _notified_in_statements(pubsub: PubSub | None, bind: Engine | Connection) -> bool:
     return isinstance(pubsub, PostgresPubSub) and bind.dialect.name == "postgresql"
 
 
