@@ -83,15 +83,18 @@ def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
         return
     insert_row, params = values_insert(changes_table, [row])
     message = status_message(0, order, status.value)  # its seq comes from the insert
-    names = channels(order)
-    for i, name in enumerate(names):
-        params[f"n_head_{i}"], params[f"n_tail_{i}"] = spliced_payload(name, message, "seq")
-    uow.execute_later(_notifying(insert_row, len(names)), {**params, "n_channel": PG_CHANNEL})
+    parts = [spliced_payload(name, message, "seq") for name in channels(order)]
+    fitting = [part for part in parts if part is not None]
+    for i, (head, tail) in enumerate(fitting):
+        params[f"n_head_{i}"], params[f"n_tail_{i}"] = head, tail
+    uow.execute_later(_notifying(insert_row, len(fitting)), {**params, "n_channel": PG_CHANNEL})
 
 
 @functools.cache
 def _notifying(insert_row: Any, count: int) -> Any:
     """``insert_row`` into the status log, notifying ``count`` payloads with its ``seq``."""
+    if count == 0:  # every message too large to notify (see notify_payloads)
+        return insert_row
     seq = cast(changes_table.c.seq, String())
     return insert_row.returning(
         *(

@@ -6,9 +6,11 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from opsline.platform.realtime import InProcessPubSub, PostgresPubSub, PubSub, RedisPubSub
+from opsline.platform.realtime.pubsub import PG_PAYLOAD_LIMIT, notify_payloads, spliced_payload
 
 
 @pytest.fixture(
@@ -63,3 +65,17 @@ def test_publish_many_delivers_every_message_in_order(pubsub: PubSub) -> None:
         {"seq": 3, "channel": mine},
     ]
     assert extra is None
+
+
+def test_a_spliced_payload_is_the_payload_with_the_value_put_in() -> None:
+    message = {"seq": 0, "order_id": "o-1", "status": "PAID", "total": "12.50"}
+    spliced = spliced_payload("user:u", message, "seq")
+    assert spliced is not None
+    head, tail = spliced
+    [whole] = notify_payloads([("user:u", {**message, "seq": 42})])
+    assert orjson.loads(head + "42" + tail) == orjson.loads(whole)
+
+
+def test_a_spliced_payload_over_the_limit_is_dropped() -> None:
+    message = {"seq": 0, "blob": "x" * PG_PAYLOAD_LIMIT}
+    assert spliced_payload("user:u", message, "seq") is None

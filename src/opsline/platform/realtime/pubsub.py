@@ -236,23 +236,36 @@ def notify_payloads(messages: Sequence[tuple[str, Message]]) -> list[str]:
     """
     payloads: list[str] = []
     for channel, message in messages:
-        payload = orjson.dumps({**message, "channel": channel}).decode()
-        if len(payload.encode()) >= PG_PAYLOAD_LIMIT:
-            log.warning("realtime_message_too_large", channel=channel, bytes=len(payload))
-            continue
-        payloads.append(payload)
+        payload = _fitting_payload(channel, message)
+        if payload is not None:
+            payloads.append(payload)
     return payloads
 
 
-def spliced_payload(channel: str, message: Message, first: str) -> tuple[str, str]:
+def _fitting_payload(channel: str, message: Message, room: int = 0) -> str | None:
+    """``message``'s payload on ``channel``, or None (logged) if it is over the limit
+    with ``room`` bytes to spare."""
+    payload = orjson.dumps({**message, "channel": channel}).decode()
+    if len(payload.encode()) + room >= PG_PAYLOAD_LIMIT:
+        log.warning("realtime_message_too_large", channel=channel, bytes=len(payload))
+        return None
+    return payload
+
+
+def spliced_payload(channel: str, message: Message, first: str) -> tuple[str, str] | None:
     """The ``NOTIFY`` payload of ``message`` on ``channel``, cut where ``message[first]`` goes.
 
     For a value that the statement sending the ``NOTIFY`` assigns (a log's
-    sequence number): the statement puts the value's JSON text between the two
-    parts, and subscribers receive what :func:`notify_payloads` would give.
+    sequence number, at most 20 digits): the statement puts the value's JSON
+    text between the two parts, and subscribers receive what
+    :func:`notify_payloads` would give. None if the message is too large.
     """
-    rest = orjson.dumps({k: v for k, v in message.items() if k != first} | {"channel": channel})
-    return "{" + orjson.dumps(first).decode() + ":", "," + rest.decode()[1:]
+    rest = {key: value for key, value in message.items() if key != first}
+    payload = _fitting_payload(channel, {first: None, **rest}, room=20)
+    if payload is None:
+        return None
+    head = "{" + orjson.dumps(first).decode() + ":"
+    return head, payload.removeprefix(head + "null")
 
 
 def create_pubsub(settings: Settings) -> PubSub:
