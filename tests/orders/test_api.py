@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from opsline.orders.models import products_table
 from opsline.platform.runtime import Runtime
-from tests.helpers import assert_problem, signup
+from tests.helpers import assert_problem, login, signup
 from tests.orders.conftest import Shop, wait_for
 
 
@@ -243,9 +244,7 @@ def test_the_same_key_while_the_first_request_is_open_is_409_at_once(
     assert shop.stock(product["id"]) == 4
 
 
-def test_an_order_on_postgresql_is_two_reads_and_one_statement(
-    shop: Shop, runtime: Runtime
-) -> None:
+def test_an_order_on_postgresql_is_one_read_and_one_statement(shop: Shop, runtime: Runtime) -> None:
     if runtime.db.is_sqlite:
         pytest.skip("SQLite runs held-back writes at once, in its one writer's transaction")
     product = shop.product(stock=5)
@@ -262,11 +261,12 @@ def test_an_order_on_postgresql_is_two_reads_and_one_statement(
         event.remove(Engine, "before_cursor_execute", record)
     assert response.status_code == 201, response.text
     [request_thread] = {thread for thread, statement, _ in sent if "FROM products" in statement}
-    mine = [(s.split()[0], auto) for thread, s, auto in sent if thread == request_thread]
-    # The token's session, the products, then the order, its lines, status log,
-    # payment job, event, key, stock decrement and NOTIFY: one statement, in
-    # autocommit (no BEGIN, no COMMIT).
-    assert mine == [("SELECT", True), ("SELECT", True), ("WITH", True)]
+    mine = [(s, auto) for thread, s, auto in sent if thread == request_thread]
+    # The products with the token's session (its role a column of the same
+    # read), then the order, its lines, status log, payment job, event, key,
+    # stock decrement and NOTIFY: one statement, in autocommit (no BEGIN, no COMMIT).
+    assert [(s.split()[0], auto) for s, auto in mine] == [("SELECT", True), ("WITH", True)]
+    assert "FROM products" in mine[0][0] and "auth_sessions" in mine[0][0]
     assert shop.stock(product["id"]) == 4
 
 
@@ -322,9 +322,69 @@ def test_members_see_and_cancel_only_their_own_orders(shop: Shop) -> None:
     assert by_manager.json()["status"] == "CANCELLED"
 
 
+def _orders_of_tenant(shop: Shop) -> int:
+    return len(shop.client.get("/api/v1/orders", headers=shop.manager.headers).json()["items"])
+
+
 def test_viewer_cannot_order(shop: Shop) -> None:
     product = shop.product()
     assert_problem(shop.order([(product["id"], 1)], who=shop.viewer), 403)
+    assert_problem(shop.order([(str(uuid.uuid4()), 1)], who=shop.viewer), 403)
+    assert shop.stock(product["id"]) == 10
+    assert _orders_of_tenant(shop) == 0
+
+
+def test_an_ended_session_places_nothing_and_replays_nothing(shop: Shop) -> None:
+    """The session is checked by the order's own read of its products (one
+    statement): once logged out, 401 before anything is written or replayed."""
+    product = shop.product(stock=5)
+    assert shop.order([(product["id"], 1)], key="before").status_code == 201
+    logout = shop.client.post("/api/v1/auth/logout", headers=shop.member.headers)
+    assert logout.status_code == 204
+    assert_problem(shop.order([(product["id"], 1)], key="after"), 401)
+    assert_problem(shop.order([(product["id"], 1)], key="before"), 401)
+    # No product found: the session is checked on its own, still before the 422.
+    assert_problem(shop.order([(str(uuid.uuid4()), 1)], key="unknown"), 401)
+    assert shop.stock(product["id"]) == 4
+    assert _orders_of_tenant(shop) == 1
+    # The refused request claimed no key: after logging in again it places the order.
+    tokens = login(shop.client, shop.member.email, tenant_id=shop.member.tenant_id)
+    again = replace(shop.member, access_token=tokens["access_token"])
+    retried = shop.order([(product["id"], 1)], key="after", who=again)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert shop.stock(product["id"]) == 3
+
+
+def test_orders_with_an_api_key(shop: Shop) -> None:
+    product = shop.product(stock=5)
+
+    def key_with(role: str) -> dict[str, str]:
+        created = shop.client.post(
+            "/api/v1/api-keys", json={"name": role, "role": role}, headers=shop.owner.headers
+        )
+        assert created.status_code == 201, created.text
+        return {"X-API-Key": created.json()["key"]}
+
+    body = {"items": [{"product_id": product["id"], "quantity": 2}]}
+    placed = shop.client.post(
+        "/api/v1/orders", json=body, headers={**key_with("member"), "Idempotency-Key": "a"}
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["created_by"].startswith("apikey:")
+    refused = shop.client.post(
+        "/api/v1/orders", json=body, headers={**key_with("viewer"), "Idempotency-Key": "b"}
+    )
+    assert_problem(refused, 403)
+    assert shop.stock(product["id"]) == 3
+
+
+def test_an_order_counts_once_against_the_rate_limit(shop: Shop) -> None:
+    product = shop.product(stock=5)
+    first = shop.order([(product["id"], 1)])
+    second = shop.order([(product["id"], 1)])
+    remaining = [int(r.headers["ratelimit-remaining"]) for r in (first, second)]
+    assert remaining[0] - remaining[1] == 1
 
 
 def test_order_list_filters(shop: Shop) -> None:

@@ -29,7 +29,7 @@ from opsline.orders.schemas import (
 )
 from opsline.platform.context import Context
 from opsline.platform.http.db_work import run_write
-from opsline.platform.http.deps import RequirePermission
+from opsline.platform.http.deps import PendingContext, PendingPermission, RequirePermission
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.idempotency.service import check_key
 
@@ -125,15 +125,20 @@ def adjust_stock(
 )
 async def place_order(
     body: OrderIn,
-    ctx: Annotated[Context, RequirePermission(ORDERS_CREATE.name)],
+    who: Annotated[PendingContext, PendingPermission(ORDERS_CREATE.name)],
+    response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    key = check_key(idempotency_key, required=ctx.settings.idempotency_required)
-    # Placed on the event loop when it waits on nothing but the database (db_work).
+    key = check_key(idempotency_key, required=who.settings.idempotency_required)
+    # Placed on the event loop when it waits on nothing but the database (db_work);
+    # the session is checked there, by the order's first read.
     outcome = await run_write(
-        ctx.db, lambda wait: service.place_order(ctx, body, idempotency_key=key, wait=wait)
+        who.db, lambda wait: service.place_order(who, body, idempotency_key=key, wait=wait)
     )
-    headers = {REPLAY_HEADER: "true"} if outcome.replayed else {}
+    # What the dependencies set (the rate limit's headers) goes on the response returned.
+    headers = dict(response.headers)
+    if outcome.replayed:
+        headers[REPLAY_HEADER] = "true"
     media = "application/problem+json" if outcome.status >= 400 else "application/json"
     return ORJSONResponse(
         outcome.body, status_code=outcome.status, headers=headers, media_type=media

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
@@ -42,6 +43,7 @@ from opsline.orders.permissions import ORDERS_CANCEL_ANY, ORDERS_READ_ALL
 from opsline.orders.schemas import OrderIn, OrderLineOut, OrderOut, ProductIn, ProductPatch
 from opsline.platform.context import Context
 from opsline.platform.engine.events import publish
+from opsline.platform.http.deps import PendingContext, admit_with, with_session_role
 from opsline.platform.http.pagination import Page, keyset_page
 from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
 from opsline.platform.locks import RedisLocks
@@ -170,15 +172,22 @@ def merged_quantities(data: OrderIn) -> dict[uuid.UUID, int]:
 
 
 def place_order(
-    ctx: Context, data: OrderIn, *, idempotency_key: str | None, wait: bool = True
+    who: Context | PendingContext, data: OrderIn, *, idempotency_key: str | None, wait: bool = True
 ) -> Outcome:
     """Create an order idempotently; see opsline.platform.idempotency for the key rules.
 
-    With ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis locks are held around
-    the transaction (taken in sorted order); stock stays correct without them.
-    ``wait=False`` raises :class:`opsline.db.WriteLockBusy`, having done nothing,
-    when another writer holds SQLite's write lock (see ``Database.unit_of_work``).
+    The products are read first, outside the transaction, and a pending
+    request's session is checked by that same statement (401/403 before
+    anything else). With ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis
+    locks are held around the transaction (taken in sorted order); stock stays
+    correct without them. ``wait=False`` raises :class:`opsline.db.WriteLockBusy`,
+    having written nothing, when another writer holds SQLite's write lock (see
+    ``Database.unit_of_work``).
     """
+    quantities = merged_quantities(data)
+    ctx, found = admit_with(
+        who, _ORDERABLE[who.db.dialect], {"tenant_id": who.tenant_id, "ids": list(quantities)}
+    )
     request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
 
     def run() -> Outcome:
@@ -187,14 +196,14 @@ def place_order(
             key=idempotency_key,
             request_fingerprint=request,
             status=201,
-            action=lambda uow: _create_order(uow, ctx, data),
+            action=lambda uow: _create_order(uow, ctx, quantities, found),
             wait=wait,
         )
 
     locks = _locks(ctx)
     if locks is None:
         return run()
-    keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in merged_quantities(data)]
+    keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in quantities]
     with locks.hold(keys):
         return run()
 
@@ -212,15 +221,17 @@ def _locks(ctx: Context) -> RedisLocks | None:
     return locks
 
 
-def _create_order(uow: UnitOfWork, ctx: Context, data: OrderIn) -> dict[str, Any]:
+def _create_order(
+    uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int], found: Sequence[Any]
+) -> dict[str, Any]:
     """The order's rows, stock, status log, payment job and event; returns the response body.
 
+    ``found``: the orderable products among ``quantities``' (read by place_order).
     Core statements only: this is the hottest write path of the system.
     """
     from opsline.orders.jobs import capture_payment
 
-    quantities = merged_quantities(data)
-    products = _products_for(uow, ctx, quantities)
+    products = _orderable(quantities, found)
     now = utcnow()
     order_id = new_id()
     lines = [
@@ -290,10 +301,13 @@ def _order_body(order: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str,
 
 _P = products_table.c
 # Built once: a statement object reused keeps its compiled form and cache key.
-_ORDERABLE_COLUMNS = select(_P.id, _P.sku, _P.name, _P.price, _P.currency).where(
-    _P.tenant_id == bindparam("tenant_id"),
-    _P.deleted_at.is_(None),
-    _P.archived_at.is_(None),
+# The live session's role comes back with each product (see admit_with).
+_ORDERABLE_COLUMNS = with_session_role(
+    select(_P.id, _P.sku, _P.name, _P.price, _P.currency).where(
+        _P.tenant_id == bindparam("tenant_id"),
+        _P.deleted_at.is_(None),
+        _P.archived_at.is_(None),
+    )
 )
 # PostgreSQL takes the ids as one array parameter; an expanding IN would be
 # rewritten for each execution (SQLite has no arrays).
@@ -303,14 +317,8 @@ _ORDERABLE = {
 }
 
 
-def _products_for(
-    uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int]
-) -> dict[uuid.UUID, Any]:
-    # Outside the transaction on PostgreSQL: it has not begun, and the order
-    # may then commit as one statement (see UnitOfWork.lookup).
-    found = uow.lookup(
-        _ORDERABLE[uow.bind.dialect.name], {"tenant_id": ctx.tenant_id, "ids": list(quantities)}
-    ).all()
+def _orderable(quantities: dict[uuid.UUID, int], found: Sequence[Any]) -> dict[uuid.UUID, Any]:
+    """The products by id; a refusal is the order's answer (stored under its key)."""
     products = {p.id: p for p in found}
     missing = [str(pid) for pid in quantities if pid not in products]
     if missing:
