@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from opsline.api import create_app
 from opsline.bootstrap import bootstrap
+from opsline.platform.http.routing import Route
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
 from tests.helpers import add_member, assert_problem, signup
@@ -24,6 +27,19 @@ def test_wrong_method_is_a_problem_405(app_client: TestClient) -> None:
     response = app_client.put("/api/v1/auth/login", json={})
     body = assert_problem(response, 405)
     assert "PUT" in body["detail"]
+
+
+def test_every_api_route_rules_itself_out_by_its_literal_prefix(app_client: TestClient) -> None:
+    app: Any = app_client.app
+    api_routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert api_routes and all(isinstance(r, Route) for r in api_routes)
+    # A path that shares a route's literal prefix and method but not its shape is
+    # still matched by the route's own pattern: the order lookup by id, not the list.
+    owner = signup(app_client)
+    listed = app_client.get("/api/v1/orders/not-a-uuid", headers=owner.headers)
+    assert_problem(listed, 422)
+    # The same path, another method: 405 from the route matched partially.
+    assert_problem(app_client.put("/api/v1/orders"), 405)
 
 
 def test_malformed_json_is_422(app_client: TestClient) -> None:

@@ -13,9 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from opsline.platform.http.deps import RuntimeDep
+from opsline.platform.http.routing import Route
 from opsline.platform.runtime import Runtime
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=Route)
 
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 

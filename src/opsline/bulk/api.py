@@ -34,10 +34,11 @@ from opsline.platform.engine.changes import channel, pubsub_for
 from opsline.platform.http.deps import RequirePermission, principal_from_credentials
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import Forbidden
+from opsline.platform.http.routing import Route
 from opsline.platform.resources import all_resources
 from opsline.platform.runtime import Runtime
 
-router = APIRouter(prefix="/bulk", tags=["bulk"])
+router = APIRouter(prefix="/bulk", tags=["bulk"], route_class=Route)
 BulkCtx = Annotated[Context, RequirePermission(BULK_RUN.name)]
 # A resource or action name as declared (letters, digits, ``_ . : -``).
 NameFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]

@@ -31,9 +31,10 @@ from opsline.platform.context import Context
 from opsline.platform.http.db_work import run_write
 from opsline.platform.http.deps import PendingContext, PendingPermission, RequirePermission
 from opsline.platform.http.pagination import Page, PageDep
+from opsline.platform.http.routing import Route
 from opsline.platform.idempotency.service import check_key
 
-router = APIRouter()
+router = APIRouter(route_class=Route)
 
 ProductsRead = Annotated[Context, RequirePermission(PRODUCTS_READ.name)]
 ProductsWrite = Annotated[Context, RequirePermission(PRODUCTS_WRITE.name)]

@@ -31,10 +31,11 @@ from opsline.platform.context import Principal
 from opsline.platform.engine.changes import pubsub_for
 from opsline.platform.http.deps import principal_from_credentials
 from opsline.platform.http.problems import BadRequest, Forbidden, ServiceUnavailable
+from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
 from opsline.platform.runtime import Runtime
 
-router = APIRouter(tags=["orders"])
+router = APIRouter(tags=["orders"], route_class=Route)
 
 POLL_SECONDS = 0.02
 REPLAY_LIMIT = 1000

@@ -28,10 +28,11 @@ from opsline.platform.context import Context
 from opsline.platform.http.deps import Authenticated, RequirePermission, RuntimeDep
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import TooManyRequests
+from opsline.platform.http.routing import Route
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy import service as tenancy
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=Route)
 
 
 def _client_ip(request: Request) -> str:

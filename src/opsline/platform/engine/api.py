@@ -20,8 +20,9 @@ from opsline.platform.engine.schemas import BatchOut, CountOut, EventOut, JobDet
 from opsline.platform.engine.service import Scope
 from opsline.platform.http.deps import RequirePermission
 from opsline.platform.http.pagination import Page, PageDep, PageParams
+from opsline.platform.http.routing import Route
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=Route)
 AdminCtx = Annotated[Context, RequirePermission(JOBS_ADMIN.name)]
 JobState = Literal[
     "scheduled", "available", "running", "retryable", "succeeded", "dead", "cancelled"

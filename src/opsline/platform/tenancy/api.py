@@ -12,6 +12,7 @@ from opsline.platform.auth.schemas import TenantOut, TokenPair
 from opsline.platform.context import Context
 from opsline.platform.http.deps import RequirePermission, RuntimeDep
 from opsline.platform.http.pagination import Page, PageDep
+from opsline.platform.http.routing import Route
 from opsline.platform.tenancy import service
 from opsline.platform.tenancy.schemas import (
     AcceptInviteIn,
@@ -23,7 +24,7 @@ from opsline.platform.tenancy.schemas import (
     TenantRenameIn,
 )
 
-router = APIRouter(tags=["tenant"])
+router = APIRouter(tags=["tenant"], route_class=Route)
 
 ReadCtx = Annotated[Context, RequirePermission(TENANT_READ.name)]
 ManageCtx = Annotated[Context, RequirePermission(MEMBERS_MANAGE.name)]
