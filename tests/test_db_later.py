@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import (
+    JSON,
+    Boolean,
     Column,
+    DateTime,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     Uuid,
     bindparam,
+    delete,
     event,
     func,
     select,
@@ -22,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from opsline.db import Database, UnitOfWork, values_insert
+from opsline.db import Database, UnitOfWork, _direct_write, values_insert
 from opsline.orders.jobs import capture_payment
 from opsline.platform.engine.models import jobs_table
 from opsline.platform.runtime import Runtime
@@ -259,3 +266,77 @@ def test_a_long_closing_statement_is_parsed_once(db: Database) -> None:
     again = _queries._query2pg.cache_info()
     assert again.hits > parsed.hits and again.misses == parsed.misses
     assert len(_names(db, notes)) == 60
+
+
+typed = Table(
+    "scratch_typed",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("price", Numeric(12, 2), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("flag", Boolean, nullable=False),
+    Column("note", String(40)),
+)
+
+
+def _typed_row(note: str) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "price": Decimal("12.30"),
+        "at": datetime(2026, 12, 3, 9, 30, 15, 123456, tzinfo=UTC),
+        "payload": {"lines": [1, 2], "name": "café"},
+        "flag": True,
+        "note": note,
+    }
+
+
+def test_sqlite_writes_go_to_the_cursor_as_sqlalchemy_would_write_them(db: Database) -> None:
+    """On SQLite execute_later runs a plain write on the DB-API cursor (compiled
+    once); the stored values are those SQLAlchemy's own execution stores."""
+    if not db.is_sqlite:
+        pytest.skip("SQLite's direct writes")
+    statement, params = values_insert(typed, [_typed_row("direct")])
+    assert _direct_write(statement, db.engine.dialect) is not None
+    with db.unit_of_work() as uow:
+        uow.execute_later(statement, params)
+        uow.connection.execute(*values_insert(typed, [_typed_row("sqlalchemy")]))
+    with db.read_connection() as conn:
+        raw = conn.exec_driver_sql(
+            "SELECT price, at, payload, flag, note FROM scratch_typed ORDER BY note"
+        ).all()
+        assert raw[0][:4] == raw[1][:4]  # the same stored text, whichever path wrote it
+        [read] = conn.execute(select(typed).where(typed.c.note == "direct")).all()
+    assert read.id == params["id_0"] and read.price == Decimal("12.30")
+    assert read.payload == {"lines": [1, 2], "name": "café"} and read.flag is True
+
+
+def test_sqlite_direct_writes_fail_like_sqlalchemys(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("SQLite's direct writes")
+    row = _typed_row("first")
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(typed, [row]))
+
+    def twice() -> None:
+        with db.unit_of_work() as uow:
+            uow.execute_later(*values_insert(typed, [_typed_row("rolled back")]))
+            uow.execute_later(*values_insert(typed, [{**row, "note": "twice"}]))
+
+    with pytest.raises(IntegrityError):
+        twice()
+    with db.read_connection() as conn:
+        assert conn.execute(select(typed.c.note)).scalars().all() == ["first"]
+
+
+def test_writes_only_sqlalchemy_can_run_still_run(db: Database) -> None:
+    """Expanding parameters (IN of a list) and defaults computed in Python."""
+    with db.unit_of_work() as uow:
+        for name in ("a", "b", "c"):
+            uow.execute_later(*values_insert(things, [_thing(name)]))
+    gone = delete(things).where(things.c.name.in_(bindparam("names", expanding=True)))
+    if db.is_sqlite:
+        assert _direct_write(gone, db.engine.dialect) is None
+    with db.unit_of_work() as uow:
+        uow.execute_later(gone, {"names": ["a", "b"]})
+    assert _names(db, things) == ["c"]

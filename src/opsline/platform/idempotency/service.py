@@ -30,7 +30,7 @@ import orjson
 from sqlalchemy import Table, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from opsline.db import Database, UnitOfWork, utcnow
+from opsline.db import Database, UnitOfWork, utcnow, values_insert
 from opsline.platform.context import Context
 from opsline.platform.http.problems import BadRequest, Conflict, Problem, Unprocessable
 from opsline.platform.idempotency.models import IdempotencyKey
@@ -42,7 +42,6 @@ MAX_KEY_LENGTH = 255
 K = IdempotencyKey
 _KEYS = cast(Table, IdempotencyKey.__table__)
 _COLUMNS = [c.name for c in _KEYS.columns]
-_INSERT_KEY = insert(_KEYS)
 # The advisory lock's first key sets our locks apart from other users' (and a
 # two-key lock never collides with a one-key one); its second is the key's
 # 32-bit hash: two different keys in flight at once share a lock one time in
@@ -181,7 +180,7 @@ def _claim(
         "expires_at": now + TTL,
     }
     if ctx.db.is_sqlite:
-        uow.connection.execute(_INSERT_KEY, row)
+        uow.execute_later(*values_insert(_KEYS, [row]))  # at once on SQLite
         return
     # Held back: it travels with the use case's other writes; the claim must
     # insert its row, else another transaction holds the key.
