@@ -184,10 +184,10 @@ def _context_dependency(permission: str | None) -> Any:
     async def dependency(
         request: Request,
         response: Response,
-        runtime: RuntimeDep,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         api_key: Annotated[str | None, Depends(_api_key)],
     ) -> Context:
+        runtime: Runtime = request.app.state.runtime  # not RuntimeDep: one dependency less
         return await _context(permission, request, response, runtime, bearer, api_key)
 
     dependency.__opsline_permission__ = permission or "authenticated"  # type: ignore[attr-defined]
@@ -317,10 +317,11 @@ def PendingPermission(permission: str) -> Any:
     async def dependency(
         request: Request,
         response: Response,
-        runtime: RuntimeDep,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         api_key: Annotated[str | None, Depends(_api_key)],
     ) -> PendingContext:
+        runtime: Runtime = request.app.state.runtime
+
         def admit(principal: Principal) -> Context:
             return _admitted(principal, permission, request, response, runtime)
 
