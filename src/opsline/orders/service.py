@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Uuid, any_, bindparam, select, update
+from sqlalchemy import Select, Uuid, any_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -185,9 +185,7 @@ def place_order(
     ``Database.unit_of_work``).
     """
     quantities = merged_quantities(data)
-    ctx, found = admit_with(
-        who, _ORDERABLE[who.db.dialect], {"tenant_id": who.tenant_id, "ids": list(quantities)}
-    )
+    ctx, found = admit_with(who, *_orderable_read(who.db.dialect, who.tenant_id, quantities))
     request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
 
     def run() -> Outcome:
@@ -310,11 +308,22 @@ _ORDERABLE_COLUMNS = with_session_role(
     )
 )
 # PostgreSQL takes the ids as one array parameter; an expanding IN would be
-# rewritten for each execution (SQLite has no arrays).
-_ORDERABLE = {
-    "postgresql": _ORDERABLE_COLUMNS.where(_P.id == any_(bindparam("ids", type_=ARRAY(Uuid())))),
-    "sqlite": _ORDERABLE_COLUMNS.where(_P.id.in_(bindparam("ids", expanding=True))),
-}
+# rewritten for each execution. SQLite has no arrays: one product (most orders)
+# is an equality, more an expanding IN.
+_ORDERABLE_BY_IDS = _ORDERABLE_COLUMNS.where(_P.id == any_(bindparam("ids", type_=ARRAY(Uuid()))))
+_ORDERABLE_BY_ID = _ORDERABLE_COLUMNS.where(_P.id == bindparam("id"))
+_ORDERABLE_IN = _ORDERABLE_COLUMNS.where(_P.id.in_(bindparam("ids", expanding=True)))
+
+
+def _orderable_read(
+    dialect: str, tenant_id: uuid.UUID, quantities: dict[uuid.UUID, int]
+) -> tuple[Select[Any], dict[str, Any]]:
+    ids = list(quantities)
+    if dialect == "postgresql":
+        return _ORDERABLE_BY_IDS, {"tenant_id": tenant_id, "ids": ids}
+    if len(ids) == 1:
+        return _ORDERABLE_BY_ID, {"tenant_id": tenant_id, "id": ids[0]}
+    return _ORDERABLE_IN, {"tenant_id": tenant_id, "ids": ids}
 
 
 def _orderable(quantities: dict[uuid.UUID, int], found: Sequence[Any]) -> dict[uuid.UUID, Any]:
