@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from opsline.db import Database, UnitOfWork, _direct_write, values_insert
+from opsline.db import Database, UnitOfWork, _direct, values_insert
 from opsline.orders.jobs import capture_payment
 from opsline.platform.engine.models import jobs_table
 from opsline.platform.runtime import Runtime
@@ -297,7 +297,8 @@ def test_sqlite_writes_go_to_the_cursor_as_sqlalchemy_would_write_them(db: Datab
     if not db.is_sqlite:
         pytest.skip("SQLite's direct writes")
     statement, params = values_insert(typed, [_typed_row("direct")])
-    assert _direct_write(statement, db.engine.dialect) is not None
+    with db.read_connection() as conn:
+        assert _direct(statement, conn) is not None
     with db.unit_of_work() as uow:
         uow.execute_later(statement, params)
         uow.connection.execute(*values_insert(typed, [_typed_row("sqlalchemy")]))
@@ -335,8 +336,40 @@ def test_writes_only_sqlalchemy_can_run_still_run(db: Database) -> None:
         for name in ("a", "b", "c"):
             uow.execute_later(*values_insert(things, [_thing(name)]))
     gone = delete(things).where(things.c.name.in_(bindparam("names", expanding=True)))
-    if db.is_sqlite:
-        assert _direct_write(gone, db.engine.dialect) is None
+    with db.read_connection() as conn:
+        assert _direct(gone, conn) is None
     with db.unit_of_work() as uow:
         uow.execute_later(gone, {"names": ["a", "b"]})
     assert _names(db, things) == ["c"]
+
+
+def test_fetch_reads_what_sqlalchemy_reads(db: Database) -> None:
+    """Database.fetch (on SQLite from the DB-API cursor) gives the values, types
+    and column names of SQLAlchemy's own rows."""
+    rows = [_typed_row("one"), {**_typed_row("two"), "note": None, "flag": False}]
+    with db.unit_of_work() as uow:
+        for row in rows:
+            uow.execute_later(*values_insert(typed, [row]))
+    query = select(typed, (typed.c.price * 2).label("double")).where(
+        typed.c.price == bindparam("price")
+    )
+    with db.read_connection() as conn:
+        if db.is_sqlite:
+            assert _direct(query, conn) is not None
+        expected = conn.execute(query, {"price": Decimal("12.30")}).all()
+    fetched = db.fetch(query, {"price": Decimal("12.30")})
+    assert len(fetched) == 2
+    for got, want in zip(sorted(fetched, key=str), sorted(expected, key=str), strict=True):
+        assert tuple(got) == tuple(want)
+        assert [type(v) for v in got] == [type(v) for v in want]
+        assert got.id == want.id and got.double == want.double  # type: ignore[attr-defined]
+    assert db.fetch(query, {"price": Decimal("1.00")}) == []
+
+
+def test_a_unit_fetches_what_its_insert_returns(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("carried")]))
+        [first] = uow.fetch(*values_insert(notes, [_thing("a")], returning=("seq", "name")))
+        [second] = uow.fetch(*values_insert(notes, [_thing("b")], returning=("seq", "name")))
+    assert (first.name, second.name) == ("a", "b") and second.seq > first.seq
+    assert _names(db, things) == ["carried"]

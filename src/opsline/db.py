@@ -48,6 +48,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -314,6 +315,18 @@ class Database:
         with self._current().lookups.connect() as conn:
             yield conn
 
+    def fetch(self, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
+        """All rows of a one-statement read on a :meth:`read_connection`, by column name.
+
+        On SQLite straight from the DB-API cursor where it can (see ``_Direct``),
+        for the reads of the hottest paths.
+        """
+        with self.read_connection() as conn:
+            direct = _direct(statement, conn)
+            if direct is not None and direct.covers(params):
+                return direct.run(conn, params)
+            return conn.execute(statement, params).all()
+
     async def dispose_on_loop(self) -> None:
         """Close the asyncio engine of the running loop, if :meth:`on_loop` made one."""
         with self._loop_engines_lock:
@@ -461,6 +474,16 @@ class UnitOfWork:
         later, self._later = self._later, []
         return self._conn().execute(*_carrying(statement, params or {}, later))
 
+    def fetch(self, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
+        """:meth:`execute`'s rows, by column name (an INSERT's RETURNING, say); on
+        SQLite straight from the DB-API cursor where it can (see ``_Direct``)."""
+        if not self._postgres:
+            conn = self.connection
+            direct = _direct(statement, conn)
+            if direct is not None and direct.covers(params):
+                return direct.run(conn, params)
+        return cast(Sequence[Any], self.execute(statement, params).all())
+
     def send(self) -> None:
         """Send the held-back writes now, in one statement, and check their guards."""
         if self._later:
@@ -568,34 +591,42 @@ def _run_write(
 ) -> int:
     """Run a write on SQLite now; the number of rows it returned if ``count_rows``.
 
-    A write that a :class:`_DirectWrite` can run goes straight to the DB-API
-    cursor: SQLAlchemy's execution path costs some 30 µs a statement, about
-    what SQLite takes to run the insert itself, and nothing it does there
-    (result objects, typed rows, events) is wanted by a write whose outcome is
-    at most a row count. While anything listens to the engine's statements
-    (``before_cursor_execute``: tests, tracing) every write goes through
-    SQLAlchemy, so that it is seen.
+    Straight on the DB-API cursor when it can (see :class:`_Direct`): nothing
+    SQLAlchemy's execution path does (result objects, typed rows) is wanted by
+    a write whose outcome is at most a row count.
     """
-    direct = _direct_write(statement, conn.dialect)
-    if direct is None or conn.dispatch.before_cursor_execute or not direct.covers(params):
+    direct = _direct(statement, conn)
+    if direct is None or not direct.covers(params):
         result = conn.execute(statement, params)
         return len(result.all()) if count_rows else 0
-    return direct.run(conn, params, count_rows=count_rows)
+    rows = direct.run(conn, params)
+    return len(rows) if count_rows else 0
 
 
 _REQUIRED: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
-class _DirectWrite:
-    """A write statement compiled once: its SQL, and each positional parameter's
-    name, value when not given (a value bound in the statement) and conversion
-    (SQLAlchemy's own, from the parameter's type)."""
+class _Direct:
+    """A statement compiled once for SQLite's DB-API cursor.
+
+    SQLAlchemy's execution path costs some 30 µs a statement on SQLite, about
+    what SQLite takes to run a short insert or an indexed lookup itself. For
+    the hottest paths a statement is compiled once into its SQL, each
+    positional parameter's name, value when not given (a value bound in the
+    statement) and conversion, and each result column's name and conversion:
+    SQLAlchemy's own bind and result processors, from the types. Rows come back
+    as named tuples. While anything listens to the engine's statements
+    (``before_cursor_execute``: tests, tracing) statements go through
+    SQLAlchemy, so that they are seen.
+    """
 
     sql: str
     names: tuple[str, ...]
     defaults: tuple[Any, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
+    row: type[tuple[Any, ...]] | None  # a named tuple of the result columns (SELECT, RETURNING)
+    readers: tuple[Callable[[Any], Any] | None, ...]
 
     def covers(self, params: Mapping[str, Any]) -> bool:
         return all(
@@ -603,7 +634,7 @@ class _DirectWrite:
             for name, default in zip(self.names, self.defaults, strict=True)
         )
 
-    def run(self, conn: Connection, params: Mapping[str, Any], *, count_rows: bool) -> int:
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         values = [
             value if convert is None else convert(value)
             for value, convert in zip(
@@ -613,51 +644,80 @@ class _DirectWrite:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, values)
-            return len(cursor.fetchall()) if count_rows else 0
+            rows = cast(list[Any], cursor.fetchall())
         except sqlite3.Error as exc:
             raise DBAPIError.instance(
                 self.sql, values, exc, sqlite3.Error, dialect=conn.dialect
             ) from exc
         finally:
             cursor.close()
+        if self.row is None or not rows:
+            return rows
+        make, readers = self.row._make, self.readers  # type: ignore[attr-defined]
+        return [
+            make([v if read is None else read(v) for v, read in zip(raw, readers, strict=True)])
+            for raw in rows
+        ]
 
 
 # By the statement's id; the statement is kept, so that its id is not reused.
-_DIRECT_WRITES: dict[int, tuple[Executable, _DirectWrite | None]] = {}
-_DIRECT_WRITES_MAX = 512
+_DIRECT: dict[int, tuple[Executable, _Direct | None]] = {}
+_DIRECT_MAX = 512
 
 
-def _direct_write(statement: Executable, dialect: Dialect) -> _DirectWrite | None:
-    """``statement`` compiled for the DB-API cursor, or None if only SQLAlchemy can run it
-    (not an INSERT, UPDATE or DELETE; expanding parameters; values computed in Python)."""
-    found = _DIRECT_WRITES.get(id(statement))
+def _direct(statement: Executable, conn: Connection) -> _Direct | None:
+    """``statement`` compiled for ``conn``'s DB-API cursor, or None where only
+    SQLAlchemy runs it: another database than SQLite, a statement listener,
+    expanding or callable parameters, values computed in Python, result columns
+    without plain names."""
+    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute:
+        return None
+    found = _DIRECT.get(id(statement))
     if found is not None and found[0] is statement:
         return found[1]
-    direct = None
+    direct = _compile_direct(statement, conn.dialect)
+    if len(_DIRECT) >= _DIRECT_MAX:
+        _DIRECT.clear()  # statements are module constants: refilled at once
+    _DIRECT[id(statement)] = (statement, direct)
+    return direct
+
+
+def _compile_direct(statement: Executable, dialect: Dialect) -> _Direct | None:
     compiled = cast(ClauseElement, statement).compile(dialect=dialect)
     if (
-        isinstance(compiled, SQLCompiler)
-        and (compiled.isinsert or compiled.isupdate or compiled.isdelete)
-        and compiled.positional
-        and compiled.positiontup is not None
-        and not compiled.literal_execute_params
-        and not compiled.post_compile_params
-        and not compiled.insert_prefetch
-        and not compiled.update_prefetch
+        not isinstance(compiled, SQLCompiler)
+        or not compiled.positional
+        or compiled.positiontup is None
+        or compiled.literal_execute_params
+        or compiled.post_compile_params
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
     ):
-        names = tuple(compiled.positiontup)
-        binds = [compiled.binds[name] for name in names]
-        if not any(bind.callable is not None for bind in binds):
-            direct = _DirectWrite(
-                compiled.string,
-                names,
-                tuple(_REQUIRED if bind.required else bind.value for bind in binds),
-                tuple(bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds),
-            )
-    if len(_DIRECT_WRITES) >= _DIRECT_WRITES_MAX:
-        _DIRECT_WRITES.clear()  # statements are module constants: refilled at once
-    _DIRECT_WRITES[id(statement)] = (statement, direct)
-    return direct
+        return None
+    names = tuple(compiled.positiontup)
+    binds = [compiled.binds[name] for name in names]
+    if any(bind.callable is not None for bind in binds):
+        return None
+    columns: list[Any] = []
+    if isinstance(statement, Select):
+        columns = list(statement.selected_columns)
+    elif compiled.isinsert or compiled.isupdate or compiled.isdelete:
+        columns = list(getattr(statement, "_returning", ()))
+    else:
+        return None
+    keys = [column.key for column in columns]
+    if any(not isinstance(k, str) or not k.isidentifier() for k in keys) or len(set(keys)) < len(
+        keys
+    ):
+        return None
+    return _Direct(
+        compiled.string,
+        names,
+        tuple(_REQUIRED if bind.required else bind.value for bind in binds),
+        tuple(bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds),
+        namedtuple("Row", keys) if keys else None,
+        tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns),
+    )
 
 
 def values_insert(

@@ -78,7 +78,8 @@ def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     row = {column: getattr(order, field) for column, field in _LOGGED.items()}
     row["status"] = status.value
     if not notified_in_statements(uow):
-        seq = uow.execute(*values_insert(changes_table, [row], returning=("seq",))).scalar_one()
+        [inserted] = uow.fetch(*values_insert(changes_table, [row], returning=("seq",)))
+        seq = inserted.seq
         push_after_commit(uow, seq, order, status.value)
         return
     insert_row, params = values_insert(changes_table, [row])

@@ -29,7 +29,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Row, Select, Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, select, update
 from starlette.concurrency import run_in_threadpool
 
 from opsline.db import Database, utcnow
@@ -290,18 +290,17 @@ def admit_with(
     who: Context | PendingContext,
     statement: Select[Any],
     params: Mapping[str, Any],
-) -> tuple[Context, Sequence[Row[Any]]]:
+) -> tuple[Context, Sequence[Any]]:
     """Run ``statement`` (made by :func:`with_session_role`), checking ``who``'s session with it.
 
     The rows answer for ``who``'s tenant only after the check, which happens
     here: a session that ended raises 401, a role without the permission 403,
     and no row is returned. With no rows the check runs on its own. The
-    statement runs on a read connection, outside any transaction.
+    statement runs on a read connection, outside any transaction (``Database.fetch``).
     """
     claims = who.claims if isinstance(who, PendingContext) else None
     bound = {**params, **_session_params(claims)}
-    with who.db.read_connection() as conn:
-        rows = conn.execute(statement, bound).all()
+    rows = who.db.fetch(statement, bound)
     if isinstance(who, Context):
         return who, rows
     if not rows:
