@@ -373,3 +373,22 @@ def test_a_unit_fetches_what_its_insert_returns(db: Database) -> None:
         [second] = uow.fetch(*values_insert(notes, [_thing("b")], returning=("seq", "name")))
     assert (first.name, second.name) == ("a", "b") and second.seq > first.seq
     assert _names(db, things) == ["carried"]
+
+
+def test_which_statements_go_to_the_cursor(db: Database) -> None:
+    """Writes on both databases; typed rows only on SQLite (PostgreSQL's come
+    through SQLAlchemy); nothing while a statement listener is attached."""
+    write, _ = values_insert(things, [_thing("x")])
+    read = select(things.c.id).where(things.c.name == bindparam("name"))
+    with db.read_connection() as conn:
+        assert _direct(write, conn, typed_rows=False) is not None
+        assert (_direct(read, conn) is not None) is db.is_sqlite
+
+        def record(*_: Any) -> None:
+            pass
+
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            assert _direct(write, conn, typed_rows=False) is None
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)

@@ -495,11 +495,11 @@ class UnitOfWork:
         if not guards and not any(isinstance(s, Select) for s, _ in later):
             # the last write carries the others
             statement, params = later.pop()
-            conn.execute(*_carrying(statement, params, later))
+            _run_write(conn, *_carrying(statement, params, later), count_rows=False)
             return
         statement, merged = _closing(later, tuple((g.slot, g.expect) for g in guards))
         try:
-            conn.execute(statement, merged).all()
+            _run_write(conn, statement, merged, count_rows=False)
         except DBAPIError as exc:
             failed = _failed_guard(exc)
             if failed is None:
@@ -589,13 +589,13 @@ class UnitOfWork:
 def _run_write(
     conn: Connection, statement: Executable, params: Mapping[str, Any], *, count_rows: bool
 ) -> int:
-    """Run a write on SQLite now; the number of rows it returned if ``count_rows``.
+    """Run a write now; the number of rows it returned if ``count_rows``.
 
-    Straight on the DB-API cursor when it can (see :class:`_Direct`): nothing
+    Straight on the DB-API cursor where it can (see :class:`_Direct`): nothing
     SQLAlchemy's execution path does (result objects, typed rows) is wanted by
     a write whose outcome is at most a row count.
     """
-    direct = _direct(statement, conn)
+    direct = _direct(statement, conn, typed_rows=False)
     if direct is None or not direct.covers(params):
         result = conn.execute(statement, params)
         return len(result.all()) if count_rows else 0
@@ -608,23 +608,26 @@ _REQUIRED: Any = object()
 
 @dataclass(frozen=True, slots=True)
 class _Direct:
-    """A statement compiled once for SQLite's DB-API cursor.
+    """A statement compiled once for the DB-API cursor.
 
     SQLAlchemy's execution path costs some 30 µs a statement on SQLite, about
-    what SQLite takes to run a short insert or an indexed lookup itself. For
-    the hottest paths a statement is compiled once into its SQL, each
-    positional parameter's name, value when not given (a value bound in the
-    statement) and conversion, and each result column's name and conversion:
-    SQLAlchemy's own bind and result processors, from the types. Rows come back
-    as named tuples. While anything listens to the engine's statements
-    (``before_cursor_execute``: tests, tracing) statements go through
-    SQLAlchemy, so that they are seen.
+    what SQLite takes to run a short insert or an indexed lookup itself, and on
+    PostgreSQL a statement carrying a dozen writes spends longer building its
+    parameters than psycopg takes to send it. For the hottest paths a statement
+    is compiled once into its SQL, each parameter's name, value when not given
+    (a value bound in the statement) and conversion, and, on SQLite, each result
+    column's name and conversion: SQLAlchemy's own bind and result processors,
+    from the types. Rows come back as named tuples (on PostgreSQL as psycopg
+    gives them: only writes, whose rows are counted, go this way there). While
+    anything listens to the engine's statements (``before_cursor_execute``:
+    tests, tracing) statements go through SQLAlchemy, so that they are seen.
     """
 
     sql: str
     names: tuple[str, ...]
     defaults: tuple[Any, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
+    named: bool  # the DB-API takes a mapping (PostgreSQL), not a sequence (SQLite)
     row: type[tuple[Any, ...]] | None  # a named tuple of the result columns (SELECT, RETURNING)
     readers: tuple[Callable[[Any], Any] | None, ...]
 
@@ -641,13 +644,14 @@ class _Direct:
                 map(params.get, self.names, self.defaults), self.converters, strict=True
             )
         ]
+        bound: Any = dict(zip(self.names, values, strict=True)) if self.named else values
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(self.sql, values)
-            rows = cast(list[Any], cursor.fetchall())
-        except sqlite3.Error as exc:
+            cursor.execute(self.sql, bound)
+            rows = cast(list[Any], cursor.fetchall()) if cursor.description is not None else []
+        except conn.dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(
-                self.sql, values, exc, sqlite3.Error, dialect=conn.dialect
+                self.sql, bound, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
             ) from exc
         finally:
             cursor.close()
@@ -660,25 +664,27 @@ class _Direct:
         ]
 
 
-# By the statement's id; the statement is kept, so that its id is not reused.
-_DIRECT: dict[int, tuple[Executable, _Direct | None]] = {}
+# By the statement's id and dialect; the statement is kept, so that its id is not reused.
+_DIRECT: dict[tuple[int, str], tuple[Executable, _Direct | None]] = {}
 _DIRECT_MAX = 512
 
 
-def _direct(statement: Executable, conn: Connection) -> _Direct | None:
+def _direct(statement: Executable, conn: Connection, *, typed_rows: bool = True) -> _Direct | None:
     """``statement`` compiled for ``conn``'s DB-API cursor, or None where only
-    SQLAlchemy runs it: another database than SQLite, a statement listener,
-    expanding or callable parameters, values computed in Python, result columns
-    without plain names."""
-    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute:
+    SQLAlchemy runs it: a statement listener; typed rows wanted from PostgreSQL;
+    expanding or callable parameters, escaped parameter names, values computed
+    in Python, result columns without plain names."""
+    dialect = conn.dialect
+    if conn.dispatch.before_cursor_execute or (typed_rows and dialect.name != "sqlite"):
         return None
-    found = _DIRECT.get(id(statement))
+    key = (id(statement), dialect.name)
+    found = _DIRECT.get(key)
     if found is not None and found[0] is statement:
         return found[1]
-    direct = _compile_direct(statement, conn.dialect)
+    direct = _compile_direct(statement, dialect)
     if len(_DIRECT) >= _DIRECT_MAX:
-        _DIRECT.clear()  # statements are module constants: refilled at once
-    _DIRECT[id(statement)] = (statement, direct)
+        _DIRECT.clear()  # statements are module constants or cached shapes: refilled at once
+    _DIRECT[key] = (statement, direct)
     return direct
 
 
@@ -686,15 +692,19 @@ def _compile_direct(statement: Executable, dialect: Dialect) -> _Direct | None:
     compiled = cast(ClauseElement, statement).compile(dialect=dialect)
     if (
         not isinstance(compiled, SQLCompiler)
-        or not compiled.positional
-        or compiled.positiontup is None
         or compiled.literal_execute_params
         or compiled.post_compile_params
         or compiled.insert_prefetch
         or compiled.update_prefetch
+        or compiled.escaped_bind_names
     ):
         return None
-    names = tuple(compiled.positiontup)
+    if compiled.positional:
+        if compiled.positiontup is None:
+            return None
+        names = tuple(compiled.positiontup)
+    else:
+        names = tuple(compiled.binds)
     binds = [compiled.binds[name] for name in names]
     if any(bind.callable is not None for bind in binds):
         return None
@@ -706,8 +716,10 @@ def _compile_direct(statement: Executable, dialect: Dialect) -> _Direct | None:
     else:
         return None
     keys = [column.key for column in columns]
-    if any(not isinstance(k, str) or not k.isidentifier() for k in keys) or len(set(keys)) < len(
-        keys
+    typed = dialect.name == "sqlite" and bool(keys)
+    if typed and (
+        any(not isinstance(k, str) or not k.isidentifier() for k in keys)
+        or len(set(keys)) < len(keys)
     ):
         return None
     return _Direct(
@@ -715,8 +727,11 @@ def _compile_direct(statement: Executable, dialect: Dialect) -> _Direct | None:
         names,
         tuple(_REQUIRED if bind.required else bind.value for bind in binds),
         tuple(bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds),
-        namedtuple("Row", keys) if keys else None,
-        tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns),
+        not compiled.positional,
+        namedtuple("Row", keys) if typed else None,
+        tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        if typed
+        else (),
     )
 
 
