@@ -110,7 +110,7 @@ _LIVE_ROLE = (
         _S.revoked_at.is_(None),
     )
 )
-SESSION_ROLE = "session_role"
+_SESSION_ROLE = "session_role"
 
 
 def _session_params(claims: AccessClaims | None) -> dict[str, uuid.UUID | None]:
@@ -130,9 +130,13 @@ def _verified(runtime: Runtime, token: str) -> AccessClaims:
 
 def _principal_from_token(runtime: Runtime, token: str) -> Principal:
     claims = _verified(runtime, token)
-    with runtime.db.read_connection() as conn:
-        role = conn.execute(_LIVE_ROLE, _session_params(claims)).scalar()
-    return _live_principal(claims, role)
+    return _live_principal(claims, _live_role(runtime.db, claims))
+
+
+def _live_role(db: Database, claims: AccessClaims) -> str | None:
+    with db.read_connection() as conn:
+        role: str | None = conn.execute(_LIVE_ROLE, _session_params(claims)).scalar()
+    return role
 
 
 def _live_principal(claims: AccessClaims, role: str | None) -> Principal:
@@ -266,12 +270,11 @@ class PendingContext:
         """The session's check as a statement of its own."""
         if self._context is None:
             assert self.claims is not None
-            with self.db.read_connection() as conn:
-                role = conn.execute(_LIVE_ROLE, _session_params(self.claims)).scalar()
-            self._context = self._admit(_live_principal(self.claims, role))
+            return self._admitted_as(_live_role(self.db, self.claims))
         return self._context
 
     def _admitted_as(self, role: str | None) -> Context:
+        """The context, once ``role`` (the live session's, None if it ended) is known."""
         if self._context is None:
             assert self.claims is not None
             self._context = self._admit(_live_principal(self.claims, role))
@@ -283,7 +286,7 @@ def with_session_role(statement: Select[Any]) -> Select[Any]:
 
     Build it once (a module constant): the statement keeps its compiled form.
     """
-    return statement.add_columns(_LIVE_ROLE.scalar_subquery().label(SESSION_ROLE))
+    return statement.add_columns(_LIVE_ROLE.scalar_subquery().label(_SESSION_ROLE))
 
 
 def admit_with(
@@ -305,7 +308,7 @@ def admit_with(
         return who, rows
     if not rows:
         return who.context(), rows
-    return who._admitted_as(getattr(rows[0], SESSION_ROLE)), rows
+    return who._admitted_as(getattr(rows[0], _SESSION_ROLE)), rows
 
 
 def PendingPermission(permission: str) -> Any:
