@@ -8,10 +8,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
+from sqlalchemy.exc import DBAPIError
 
 import opsline.db
-from opsline.db import Database
+from opsline.db import Database, values_insert
 from opsline.platform.runtime import Runtime
 
 
@@ -202,3 +203,25 @@ def test_a_connection_used_a_moment_ago_is_not_pinged(
     pings.clear()
     _on_one_loop(db, use_five_times, use_after_idle)
     assert len(pings) == 1
+
+
+def test_a_connection_lost_under_a_direct_statement_is_not_pooled_again(db: Database) -> None:
+    """The statement carrying held-back writes goes to the DB-API cursor; when
+    its connection died, it is invalidated as SQLAlchemy would, and the next
+    unit of work gets a live one."""
+    notes = Table("scratch_lost", MetaData(), Column("id", Integer, primary_key=True))
+    notes.metadata.create_all(db.engine)
+
+    def lost_unit() -> None:
+        with db.unit_of_work() as uow:
+            pid = int(uow.connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            _terminate(db, pid)
+            uow.execute_later(*values_insert(notes, [{"id": 1}]))
+
+    with pytest.raises(DBAPIError) as raised:
+        lost_unit()
+    assert raised.value.connection_invalidated
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(notes, [{"id": 2}]))
+    with db.read_connection() as conn:
+        assert conn.execute(select(notes.c.id)).scalars().all() == [2]

@@ -645,13 +645,23 @@ class _Direct:
             )
         ]
         bound: Any = dict(zip(self.names, values, strict=True)) if self.named else values
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        dbapi_connection = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, bound)
             rows = cast(list[Any], cursor.fetchall()) if cursor.description is not None else []
         except conn.dialect.loaded_dbapi.Error as exc:
+            # As SQLAlchemy would: a lost connection is invalidated, not pooled again.
+            lost = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if lost:
+                conn.invalidate(exc)
             raise DBAPIError.instance(
-                self.sql, bound, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+                self.sql,
+                bound,
+                exc,
+                conn.dialect.loaded_dbapi.Error,
+                connection_invalidated=lost,
+                dialect=conn.dialect,
             ) from exc
         finally:
             cursor.close()
