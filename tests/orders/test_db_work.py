@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from opsline.db import Database, WriteLockBusy
 from tests.orders.conftest import Live
@@ -88,3 +89,30 @@ def test_a_unit_of_work_that_must_not_wait_does_nothing_when_the_lock_is_taken(
             with db.unit_of_work(wait=False) as uow:
                 uow.session.execute(text("UPDATE products SET stock = 0"))  # never reached
     assert live.stock(product) == 5
+
+
+def test_an_order_attempted_again_reads_its_products_once(live: Live) -> None:
+    """While the lock is busy the order is attempted again and again; its read
+    of the products (which checks the session) is done once, and so is the
+    rate limit's count."""
+    db = live.runtime.db
+    product = live.product("ONCE", stock=5)
+    reads: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM products" in statement and "auth_sessions" in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            with _held_by_another_connection(db):
+                placing: Future[httpx.Response] = pool.submit(live.order, [(product, 1)], "once")
+                time.sleep(0.3)  # many attempts meanwhile, each refused at BEGIN IMMEDIATE
+                assert not placing.done()
+            response = placing.result(timeout=30)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert response.status_code == 201, response.text
+    assert len(reads) == 1
+    assert live.stock(product) == 4

@@ -133,9 +133,8 @@ async def place_order(
     key = check_key(idempotency_key, required=who.settings.idempotency_required)
     # Placed on the event loop when it waits on nothing but the database (db_work);
     # the session is checked there, by the order's first read.
-    outcome = await run_write(
-        who.db, lambda wait: service.place_order(who, body, idempotency_key=key, wait=wait)
-    )
+    placement = service.OrderPlacement(who, body, idempotency_key=key)
+    outcome = await run_write(who.db, placement.attempt)
     # What the dependencies set (the rate limit's headers) goes on the response returned.
     headers = dict(response.headers)
     if outcome.replayed:

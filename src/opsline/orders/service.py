@@ -174,36 +174,56 @@ def merged_quantities(data: OrderIn) -> dict[uuid.UUID, int]:
 def place_order(
     who: Context | PendingContext, data: OrderIn, *, idempotency_key: str | None, wait: bool = True
 ) -> Outcome:
-    """Create an order idempotently; see opsline.platform.idempotency for the key rules.
+    """Create an order idempotently; see :class:`OrderPlacement`."""
+    return OrderPlacement(who, data, idempotency_key=idempotency_key).attempt(wait)
+
+
+class OrderPlacement:
+    """One request's order; see opsline.platform.idempotency for the key rules.
 
     The products are read first, outside the transaction, and a pending
     request's session is checked by that same statement (401/403 before
-    anything else). With ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis
-    locks are held around the transaction (taken in sorted order); stock stays
-    correct without them. ``wait=False`` raises :class:`opsline.db.WriteLockBusy`,
-    having written nothing, when another writer holds SQLite's write lock (see
-    ``Database.unit_of_work``).
+    anything else). :meth:`attempt` places the order; ``wait=False`` raises
+    :class:`opsline.db.WriteLockBusy`, having written nothing, when another
+    writer holds SQLite's write lock (see ``Database.unit_of_work``), and the
+    caller attempts again later: the read is done once. With
+    ``OPSLINE_ORDERS_REDIS_LOCK`` the products' Redis locks are held around the
+    transaction (taken in sorted order); stock stays correct without them.
     """
-    quantities = merged_quantities(data)
-    ctx, found = admit_with(who, *_orderable_read(who.db.dialect, who.tenant_id, quantities))
-    request = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
 
-    def run() -> Outcome:
-        return run_idempotent(
-            ctx,
-            key=idempotency_key,
-            request_fingerprint=request,
-            status=201,
-            action=lambda uow: _create_order(uow, ctx, quantities, found),
-            wait=wait,
-        )
+    def __init__(
+        self, who: Context | PendingContext, data: OrderIn, *, idempotency_key: str | None
+    ) -> None:
+        self.who, self.idempotency_key = who, idempotency_key
+        self.quantities = merged_quantities(data)
+        self.fingerprint = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
+        self._read: tuple[Context, Sequence[Any]] | None = None
 
-    locks = _locks(ctx)
-    if locks is None:
-        return run()
-    keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in quantities]
-    with locks.hold(keys):
-        return run()
+    def attempt(self, wait: bool = True) -> Outcome:
+        if self._read is None:
+            who = self.who
+            self._read = admit_with(
+                who, *_orderable_read(who.db.dialect, who.tenant_id, self.quantities)
+            )
+        ctx, found = self._read
+        quantities = self.quantities
+
+        def run() -> Outcome:
+            return run_idempotent(
+                ctx,
+                key=self.idempotency_key,
+                request_fingerprint=self.fingerprint,
+                status=201,
+                action=lambda uow: _create_order(uow, ctx, quantities, found),
+                wait=wait,
+            )
+
+        locks = _locks(ctx)
+        if locks is None:
+            return run()
+        keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in quantities]
+        with locks.hold(keys):
+            return run()
 
 
 _LOCKS: dict[str, RedisLocks] = {}
