@@ -207,8 +207,8 @@ def test_a_connection_used_a_moment_ago_is_not_pinged(
 
 def test_a_connection_lost_under_a_direct_statement_is_not_pooled_again(db: Database) -> None:
     """The statement carrying held-back writes goes to the DB-API cursor; when
-    its connection died, it is invalidated as SQLAlchemy would, and the next
-    unit of work gets a live one."""
+    its connection died, the unit's rollback invalidates it, and the next unit
+    of work gets a live one."""
     notes = Table("scratch_lost", MetaData(), Column("id", Integer, primary_key=True))
     notes.metadata.create_all(db.engine)
 

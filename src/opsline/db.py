@@ -322,10 +322,7 @@ class Database:
         for the reads of the hottest paths.
         """
         with self.read_connection() as conn:
-            direct = _direct(statement, conn)
-            if direct is not None and direct.covers(params):
-                return direct.run(conn, params)
-            return conn.execute(statement, params).all()
+            return _rows(conn, statement, params)
 
     async def dispose_on_loop(self) -> None:
         """Close the asyncio engine of the running loop, if :meth:`on_loop` made one."""
@@ -478,10 +475,7 @@ class UnitOfWork:
         """:meth:`execute`'s rows, by column name (an INSERT's RETURNING, say); on
         SQLite straight from the DB-API cursor where it can (see ``_Direct``)."""
         if not self._postgres:
-            conn = self.connection
-            direct = _direct(statement, conn)
-            if direct is not None and direct.covers(params):
-                return direct.run(conn, params)
+            return _rows(self.connection, statement, params)
         return cast(Sequence[Any], self.execute(statement, params).all())
 
     def send(self) -> None:
@@ -586,6 +580,14 @@ class UnitOfWork:
                 log.exception("after_commit_failed", callback=getattr(callback, "__name__", ""))
 
 
+def _rows(conn: Connection, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
+    """``statement``'s rows by column name: from the DB-API cursor where it can (SQLite)."""
+    direct = _direct(statement, conn)
+    if direct is not None and direct.covers(params):
+        return direct.run(conn, params)
+    return conn.execute(statement, params).all()
+
+
 def _run_write(
     conn: Connection, statement: Executable, params: Mapping[str, Any], *, count_rows: bool
 ) -> int:
@@ -645,23 +647,14 @@ class _Direct:
             )
         ]
         bound: Any = dict(zip(self.names, values, strict=True)) if self.named else values
-        dbapi_connection = conn.connection.dbapi_connection
-        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, bound)
             rows = cast(list[Any], cursor.fetchall()) if cursor.description is not None else []
         except conn.dialect.loaded_dbapi.Error as exc:
-            # As SQLAlchemy would: a lost connection is invalidated, not pooled again.
-            lost = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
-            if lost:
-                conn.invalidate(exc)
+            # A lost connection is found and invalidated by the unit's rollback.
             raise DBAPIError.instance(
-                self.sql,
-                bound,
-                exc,
-                conn.dialect.loaded_dbapi.Error,
-                connection_invalidated=lost,
-                dialect=conn.dialect,
+                self.sql, bound, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
             ) from exc
         finally:
             cursor.close()

@@ -194,7 +194,6 @@ def _context_dependency(permission: str | None) -> Any:
         runtime: Runtime = request.app.state.runtime  # not RuntimeDep: one dependency less
         return await _context(permission, request, response, runtime, bearer, api_key)
 
-    dependency.__opsline_permission__ = permission or "authenticated"  # type: ignore[attr-defined]
     return Depends(dependency)
 
 
@@ -240,8 +239,8 @@ class PendingContext:
     """A request whose token is verified but whose session is not checked yet.
 
     The use case checks it with its first read (:func:`admit_with`) or on its
-    own (:meth:`context`), once: a use case that runs again (SQLite's write lock
-    was busy) gets the same context, and the rate limit counts the request once.
+    own (:meth:`context`); once checked, the context is kept, so that the rate
+    limit counts the request once.
     """
 
     __slots__ = ("_admit", "_context", "claims", "db", "settings")
@@ -333,7 +332,6 @@ def PendingPermission(permission: str) -> Any:
         ready = await _context(permission, request, response, runtime, bearer, api_key)
         return PendingContext(db, settings, None, admit, ready)
 
-    dependency.__opsline_permission__ = permission  # type: ignore[attr-defined]
     return Depends(dependency)
 
 
