@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Integer,
     MetaData,
     Numeric,
@@ -21,10 +22,12 @@ from sqlalchemy import (
     Table,
     Uuid,
     bindparam,
+    cast,
     delete,
     event,
     func,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -344,18 +347,20 @@ def test_writes_only_sqlalchemy_can_run_still_run(db: Database) -> None:
 
 
 def test_fetch_reads_what_sqlalchemy_reads(db: Database) -> None:
-    """Database.fetch (on SQLite from the DB-API cursor) gives the values, types
-    and column names of SQLAlchemy's own rows."""
+    """Database.fetch (from the DB-API cursor) gives the values, types and
+    column names of SQLAlchemy's own rows, converted as the server reports them
+    (a float read as a Decimal)."""
     rows = [_typed_row("one"), {**_typed_row("two"), "note": None, "flag": False}]
     with db.unit_of_work() as uow:
         for row in rows:
             uow.execute_later(*values_insert(typed, [row]))
-    query = select(typed, (typed.c.price * 2).label("double")).where(
-        typed.c.price == bindparam("price")
-    )
+    query = select(
+        typed,
+        (typed.c.price * 2).label("double"),
+        type_coerce(cast(typed.c.price, Float), Numeric(12, 2)).label("approx"),
+    ).where(typed.c.price == bindparam("price"))
     with db.read_connection() as conn:
-        if db.is_sqlite:
-            assert _direct(query, conn) is not None
+        assert _direct(query, conn) is not None
         expected = conn.execute(query, {"price": Decimal("12.30")}).all()
     fetched = db.fetch(query, {"price": Decimal("12.30")})
     assert len(fetched) == 2
@@ -363,6 +368,7 @@ def test_fetch_reads_what_sqlalchemy_reads(db: Database) -> None:
         assert tuple(got) == tuple(want)
         assert [type(v) for v in got] == [type(v) for v in want]
         assert got.id == want.id and got.double == want.double  # type: ignore[attr-defined]
+        assert got.approx == Decimal("12.30")  # type: ignore[attr-defined]
     assert db.fetch(query, {"price": Decimal("1.00")}) == []
 
 
@@ -376,13 +382,18 @@ def test_a_unit_fetches_what_its_insert_returns(db: Database) -> None:
 
 
 def test_which_statements_go_to_the_cursor(db: Database) -> None:
-    """Writes on both databases; typed rows only on SQLite (PostgreSQL's come
-    through SQLAlchemy); nothing while a statement listener is attached."""
+    """Writes and reads; not typed rows of columns a named tuple can't name;
+    nothing while a statement listener is attached."""
     write, _ = values_insert(things, [_thing("x")])
     read = select(things.c.id).where(things.c.name == bindparam("name"))
+    unnamed = select(things.c.id.label("_id"), things.c.id.label("class"))
     with db.read_connection() as conn:
         assert _direct(write, conn, typed_rows=False) is not None
-        assert (_direct(read, conn) is not None) is db.is_sqlite
+        assert _direct(read, conn) is not None
+        assert _direct(unnamed, conn) is None
+        assert [tuple(row) for row in db.fetch(unnamed, {})] == [
+            tuple(row) for row in conn.execute(unnamed).all()
+        ]
 
         def record(*_: Any) -> None:
             pass

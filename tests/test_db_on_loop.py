@@ -225,3 +225,29 @@ def test_a_connection_lost_under_a_direct_statement_is_not_pooled_again(db: Data
         uow.execute_later(*values_insert(notes, [{"id": 2}]))
     with db.read_connection() as conn:
         assert conn.execute(select(notes.c.id)).scalars().all() == [2]
+
+
+def test_lookups_on_the_loop_use_connections_that_stay_in_autocommit(db: Database) -> None:
+    """Reads and transactionless units get a pool of their own, never switched:
+    a unit's transaction runs elsewhere, and a failed lookup leaves nothing open."""
+
+    def lookups_then_unit() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        with db.read_connection() as conn:
+            seen["read"] = conn.connection.driver_connection
+        with pytest.raises(DBAPIError):
+            db.fetch(text("SELECT no_such_column FROM scratch_loop"), {})
+        with db.unit_of_work() as uow:
+            seen["lookup"] = uow.lookup(text("SELECT n FROM scratch_loop WHERE id = 1")).scalar()
+            seen["outside"] = uow._outside_connection().connection.driver_connection
+            uow.session.execute(text("UPDATE scratch_loop SET n = n + 1 WHERE id = 1"))
+            seen["unit"] = uow.connection.connection.driver_connection
+            seen["unit_autocommit"] = seen["unit"].autocommit
+        seen["rows"] = db.fetch(text("SELECT n FROM scratch_loop WHERE id = 1"), {})
+        return seen
+
+    [seen] = _on_one_loop(db, lookups_then_unit)
+    assert seen["read"] is seen["outside"]  # the one pooled lookup connection, reused
+    assert seen["read"].autocommit  # still, after it went back to the pool and out again
+    assert seen["unit"] is not seen["read"] and not seen["unit_autocommit"]
+    assert seen["lookup"] == 0 and [tuple(row) for row in seen["rows"]] == [(1,)]
