@@ -42,6 +42,64 @@ def test_every_api_route_rules_itself_out_by_its_literal_prefix(app_client: Test
     assert_problem(app_client.put("/api/v1/orders"), 405)
 
 
+def test_openapi_names_how_each_endpoint_authenticates(app_client: TestClient) -> None:
+    """The headers are read by the authenticating dependencies themselves; the
+    document still says which endpoints take a bearer token or an API key."""
+    spec = app_client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["AccessToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Access token from /api/v1/auth/login",
+    }
+    assert schemes["ApiKey"]["in"] == "header" and schemes["ApiKey"]["name"] == "X-API-Key"
+    either = [{"AccessToken": []}, {"ApiKey": []}]
+    paths = spec["paths"]
+    for path, method in [
+        ("/api/v1/orders", "post"),  # PendingPermission
+        ("/api/v1/orders", "get"),  # RequirePermission
+        ("/api/v1/orders/{order_id}/cancel", "post"),
+        ("/api/v1/members", "get"),
+    ]:
+        assert paths[path][method]["security"] == either, (method, path)
+    for path, method in [("/api/v1/auth/signup", "post"), ("/api/v1/auth/login", "post")]:
+        assert "security" not in paths[path][method], (method, path)
+    secured = [op for ops in paths.values() for op in ops.values() if "security" in op]
+    assert len(secured) > 40
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "bearer not-a-token", "Token abc", ""],
+)
+def test_credentials_that_are_missing_or_malformed_are_401(
+    app_client: TestClient, authorization: str
+) -> None:
+    for method, path in [("GET", "/api/v1/orders"), ("POST", "/api/v1/orders")]:
+        response = app_client.request(
+            method,
+            path,
+            headers={"Authorization": authorization, "Idempotency-Key": "k"},
+            json={"items": []},
+        )
+        assert_problem(response, 401)
+
+
+def test_a_lowercase_bearer_scheme_and_an_api_key_header_both_authenticate(
+    app_client: TestClient,
+) -> None:
+    owner = signup(app_client)
+    token = owner.headers["Authorization"].split(" ", 1)[1]
+    assert app_client.get("/api/v1/orders", headers={"Authorization": f"bearer {token}"}).is_success
+    key = app_client.post(
+        "/api/v1/api-keys", json={"name": "k", "role": "member"}, headers=owner.headers
+    ).json()["key"]
+    assert app_client.get("/api/v1/orders", headers={"X-API-Key": key}).is_success
+    # An empty key is no key: the bearer token still counts.
+    both = {"X-API-Key": "", "Authorization": f"Bearer {token}"}
+    assert app_client.get("/api/v1/orders", headers=both).is_success
+
+
 def test_malformed_json_is_422(app_client: TestClient) -> None:
     response = app_client.post(
         "/api/v1/auth/login", content=b"{not json", headers={"content-type": "application/json"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
@@ -14,6 +15,7 @@ from opsline.api.middleware import RequestContextMiddleware
 from opsline.api.ops import router as ops_router
 from opsline.api.routers import api_routers
 from opsline.bootstrap import bootstrap
+from opsline.platform.http.deps import document_security
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
 
@@ -43,4 +45,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(ops_router)
     for router in api_routers():
         app.include_router(router, prefix="/api/v1")
+    _with_security_schemes(app)
     return app
+
+
+def _with_security_schemes(app: FastAPI) -> None:
+    """The OpenAPI document names how each endpoint authenticates (see ``document_security``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_security(generate(), app.routes)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
