@@ -1,0 +1,129 @@
+"""Orders A/B: this checkout's server against another checkout's, side by side.
+
+Both servers run at once, each on a fresh database of its own with the same shop,
+the payment workers off (the order requests alone). wrk then posts hot-SKU orders
+to one and the other in turn, the order of the pair swapped every repetition, so
+that the machine's drift (a factor of two within minutes here) falls on both alike.
+Reported: the server's CPU per order and orders/s of each side (medians), and the
+median of the per-pair ratios B/A.
+
+Usage: ``python -m bench.orders_ab OTHER_SRC [--quick] [--backends sqlite,postgresql]
+[--clients 1,8] [--repeats 10] [--seconds 3]``, where ``OTHER_SRC`` is the ``src``
+folder of the other checkout (a ``git worktree`` of the older commit, say): side A.
+Side B is this checkout. The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench._http import (
+    REPO,
+    Served,
+    database,
+    emit,
+    free_port,
+    log,
+    opsline,
+    require_wrk,
+    run_cli,
+    server,
+    wrk,
+)
+from bench.orders import SERVER_ENV, _body, _shop
+
+
+def _side(stack: ExitStack, backend: str, src: Path) -> tuple[Served, dict[str, Any]]:
+    env = stack.enter_context(database(backend))
+    env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": "0", "PYTHONPATH": str(src)}
+    run_cli(opsline("migrate"), env)
+    port = free_port()
+    base = stack.enter_context(
+        server(opsline("serve", "--port", str(port)), env, port, "/health/ready")
+    )
+    return base, _shop(base.url, 10)
+
+
+def run_backend(
+    backend: str, other: Path, clients: list[int], repeats: int, seconds: float
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with ExitStack() as stack:
+        sides = {"a": _side(stack, backend, other), "b": _side(stack, backend, REPO / "src")}
+        for c in clients:
+            log(f"{backend}: A/B with {c} clients, {repeats} repetitions")
+            cpu: dict[str, list[float]] = {"a": [], "b": []}
+            rate: dict[str, list[float]] = {"a": [], "b": []}
+            for base, shop in sides.values():  # warm both
+                wrk(
+                    base,
+                    "/api/v1/orders",
+                    [_body(shop["hot"])],
+                    clients=c,
+                    seconds=1.0,
+                    auth=shop["auth"],
+                )
+            for i in range(repeats):
+                for name in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                    base, shop = sides[name]
+                    measured = wrk(
+                        base,
+                        "/api/v1/orders",
+                        [_body(shop["hot"])],
+                        clients=c,
+                        seconds=seconds,
+                        auth=shop["auth"],
+                    )
+                    cpu[name].append(measured["server_cpu_ms_per_request"])
+                    rate[name].append(measured["per_s"])
+            result[str(c)] = {
+                "cpu_ms_per_order": {k: statistics.median(v) for k, v in cpu.items()},
+                "orders_per_s": {k: statistics.median(v) for k, v in rate.items()},
+                "cpu_ratio_b_to_a": round(
+                    statistics.median(b / a for a, b in zip(cpu["a"], cpu["b"], strict=True)), 3
+                ),
+                "rate_ratio_b_to_a": round(
+                    statistics.median(b / a for a, b in zip(rate["a"], rate["b"], strict=True)), 3
+                ),
+            }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("other_src", type=Path, help="the src folder of the checkout to compare")
+    parser.add_argument("--quick", action="store_true", help="8 clients, 4 repetitions of 2 s")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--clients", default=None, help="e.g. 1,8")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args()
+    if not (args.other_src / "opsline" / "__init__.py").is_file():
+        parser.error(f"{args.other_src} is not a src folder holding the opsline package")
+    require_wrk()
+    clients = [int(c) for c in (args.clients or ("8" if args.quick else "1,8")).split(",")]
+    repeats = args.repeats or (4 if args.quick else 10)
+    seconds = args.seconds or (2.0 if args.quick else 3.0)
+    backends: dict[str, Any] = {}
+    for backend in args.backends.split(","):
+        backends[backend] = run_backend(
+            backend, args.other_src.resolve(), clients, repeats, seconds
+        )
+    emit(
+        {
+            "benchmark": "orders_ab",
+            "a": str(args.other_src),
+            "quick": args.quick,
+            "repeats": repeats,
+            "seconds": seconds,
+            "backends": backends,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
