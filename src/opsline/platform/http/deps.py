@@ -67,6 +67,7 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     },
 }
 _AUTHENTICATES = "__opsline_authenticates__"  # set on the dependencies that do
+_NO_CREDENTIALS = "send a bearer access token or an X-API-Key header"
 
 
 def _credentials(request: Request) -> tuple[str | None, str | None]:
@@ -116,23 +117,22 @@ def request_info(request: Request) -> RequestInfo:
     )
 
 
-def authenticate(runtime: Runtime, token: str | None, api_key: str | None) -> Principal:
-    if token:
-        return _principal_from_token(runtime, token)
-    if api_key:
-        return _principal_from_api_key(runtime, api_key)
-    raise Unauthorized("send a bearer access token or an X-API-Key header")
-
-
 def principal_from_credentials(
-    runtime: Runtime, *, token: str | None, api_key: str | None
+    runtime: Runtime,
+    *,
+    token: str | None,
+    api_key: str | None,
+    missing: str = "send an access token",
 ) -> Principal:
-    """For endpoints outside the dependency system (WebSocket, SSE with a query token)."""
+    """The principal of a bearer ``token``, else of an ``api_key``; 401 ``missing`` without either.
+
+    For the dependencies below, and for endpoints outside the dependency system
+    (WebSocket, SSE with a query token)."""
     if token:
         return _principal_from_token(runtime, token)
     if api_key:
         return _principal_from_api_key(runtime, api_key)
-    raise Unauthorized("send an access token")
+    raise Unauthorized(missing)
 
 
 _memberships, _users, _sessions = (
@@ -247,7 +247,9 @@ async def _context(
     api_key: str | None,
 ) -> Context:
     def check() -> Context:
-        principal = authenticate(runtime, token, api_key)
+        principal = principal_from_credentials(
+            runtime, token=token, api_key=api_key, missing=_NO_CREDENTIALS
+        )
         return _admitted(principal, permission, request, response, runtime)
 
     if runtime.db.is_sqlite and not token:
