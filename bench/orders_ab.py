@@ -26,7 +26,6 @@ from bench._http import (
     Served,
     database,
     emit,
-    free_port,
     log,
     opsline,
     require_wrk,
@@ -34,17 +33,15 @@ from bench._http import (
     server,
     wrk,
 )
-from bench.orders import SERVER_ENV, _body, _shop
+from bench.orders import SERVER_ENV, _body, _serve, _shop
 
 
 def _side(stack: ExitStack, backend: str, src: Path) -> tuple[Served, dict[str, Any]]:
     env = stack.enter_context(database(backend))
     env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": "0", "PYTHONPATH": str(src)}
     run_cli(opsline("migrate"), env)
-    port = free_port()
-    base = stack.enter_context(
-        server(opsline("serve", "--port", str(port)), env, port, "/health/ready")
-    )
+    command, port = _serve(env)
+    base = stack.enter_context(server(command, env, port, "/health/ready"))
     return base, _shop(base.url, 10)
 
 

@@ -97,6 +97,7 @@ def test_an_order_attempted_again_reads_its_products_once(live: Live) -> None:
     rate limit's count."""
     db = live.runtime.db
     product = live.product("ONCE", stock=5)
+    before = live.order([(product, 1)], "before")
     reads: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
@@ -115,4 +116,6 @@ def test_an_order_attempted_again_reads_its_products_once(live: Live) -> None:
         event.remove(db.engine, "before_cursor_execute", record)
     assert response.status_code == 201, response.text
     assert len(reads) == 1
-    assert live.stock(product) == 4
+    remaining = [int(r.headers["ratelimit-remaining"]) for r in (before, response)]
+    assert remaining[0] - remaining[1] == 1
+    assert live.stock(product) == 3

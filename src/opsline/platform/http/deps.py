@@ -51,7 +51,7 @@ LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 # The two ways to authenticate. Each authenticating dependency reads both headers
 # itself (``_credentials``): as sub-dependencies of their own (FastAPI's HTTPBearer
-# and APIKeyHeader) they cost every request some 50 µs of dependency solving. The
+# and APIKeyHeader) they cost every request their dependency solving. The
 # endpoints that take one are documented with these schemes (``document_security``).
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "AccessToken": {
