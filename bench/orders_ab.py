@@ -1,14 +1,16 @@
 """Orders A/B: this checkout's server against another checkout's, side by side.
 
 Both servers run at once, each on a fresh database of its own with the same shop,
-the payment workers off (the order requests alone). wrk then posts hot-SKU orders
+the payment workers off (the order requests alone), or with ``--workers N`` the
+server's N embedded payment worker threads on both sides (the cost of sharing the
+process with them). wrk then posts hot-SKU orders
 to one and the other in turn, the order of the pair swapped every repetition, so
 that the machine's drift (a factor of two within minutes here) falls on both alike.
 Reported: the server's CPU per order and orders/s of each side (medians), and the
 median of the per-pair ratios B/A.
 
 Usage: ``python -m bench.orders_ab OTHER_SRC [--quick] [--backends sqlite,postgresql]
-[--clients 1,8] [--repeats 10] [--seconds 3]``, where ``OTHER_SRC`` is the ``src``
+[--clients 1,8] [--repeats 10] [--seconds 3] [--workers 0]``, where ``OTHER_SRC`` is the ``src``
 folder of the other checkout (a ``git worktree`` of the older commit, say): side A.
 Side B is this checkout. The last line of stdout is one JSON object.
 """
@@ -36,9 +38,9 @@ from bench._http import (
 from bench.orders import SERVER_ENV, _body, _serve, _shop
 
 
-def _side(stack: ExitStack, backend: str, src: Path) -> tuple[Served, dict[str, Any]]:
+def _side(stack: ExitStack, backend: str, src: Path, workers: int) -> tuple[Served, dict[str, Any]]:
     env = stack.enter_context(database(backend))
-    env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": "0", "PYTHONPATH": str(src)}
+    env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(workers), "PYTHONPATH": str(src)}
     run_cli(opsline("migrate"), env)
     command, port = _serve(env)
     base = stack.enter_context(server(command, env, port, "/health/ready"))
@@ -46,11 +48,14 @@ def _side(stack: ExitStack, backend: str, src: Path) -> tuple[Served, dict[str, 
 
 
 def run_backend(
-    backend: str, other: Path, clients: list[int], repeats: int, seconds: float
+    backend: str, other: Path, clients: list[int], repeats: int, seconds: float, workers: int
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with ExitStack() as stack:
-        sides = {"a": _side(stack, backend, other), "b": _side(stack, backend, REPO / "src")}
+        sides = {
+            "a": _side(stack, backend, other, workers),
+            "b": _side(stack, backend, REPO / "src", workers),
+        }
         for c in clients:
             log(f"{backend}: A/B with {c} clients, {repeats} repetitions")
             cpu: dict[str, list[float]] = {"a": [], "b": []}
@@ -98,6 +103,9 @@ def main() -> None:
     parser.add_argument("--clients", default=None, help="e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="embedded payment worker threads on both sides"
+    )
     args = parser.parse_args()
     if not (args.other_src / "opsline" / "__init__.py").is_file():
         parser.error(f"{args.other_src} is not a src folder holding the opsline package")
@@ -108,7 +116,7 @@ def main() -> None:
     backends: dict[str, Any] = {}
     for backend in args.backends.split(","):
         backends[backend] = run_backend(
-            backend, args.other_src.resolve(), clients, repeats, seconds
+            backend, args.other_src.resolve(), clients, repeats, seconds, args.workers
         )
     emit(
         {
@@ -117,6 +125,7 @@ def main() -> None:
             "quick": args.quick,
             "repeats": repeats,
             "seconds": seconds,
+            "workers": args.workers,
             "backends": backends,
         }
     )

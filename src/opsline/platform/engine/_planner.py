@@ -30,7 +30,10 @@ class QueuePlanner:
         return self.empty.issuperset(self.queues)
 
     def plan(self, free: int) -> list[tuple[str, int]]:
-        """(queue, slots) pairs, largest share first."""
+        """(queue, slots) pairs, largest share first, then the queues left without a
+        slot this time (0): they take the slots an empty queue cannot fill, so one
+        free slot planned for an empty ``low`` is not left free while ``high`` waits.
+        """
         queues = [q for q in self.queues if q not in self.empty] or self.queues
         counts = dict.fromkeys(queues, 0)
         total = sum(self.weights[q] for q in queues)
@@ -40,7 +43,7 @@ class QueuePlanner:
             best = max(queues, key=lambda q: self.credit[q])
             self.credit[best] -= total
             counts[best] += 1
-        return sorted(((q, n) for q, n in counts.items() if n), key=lambda item: -item[1])
+        return sorted(counts.items(), key=lambda item: -item[1])
 
     def note_claimed(self, plan: Sequence[tuple[str, int]], claimed: Sequence[_HasQueue]) -> None:
         """Remember queues that could not fill their share (empty until the next wake-up)."""

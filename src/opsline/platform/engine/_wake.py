@@ -18,7 +18,8 @@ as many jobs as it can run: a full worker has nothing to do with news of more
 jobs, and is woken by its own finished jobs, after which it claims from the
 database anyway. A muted doorbell costs nothing: the SQLite watcher sleeps
 until the worker has room again, instead of polling every millisecond and
-waking the worker on every commit of a busy API.
+waking the worker on every commit of a busy API; the PostgreSQL listener
+empties its socket a few times a second instead of waking on every enqueue.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from sqlalchemy.engine import Engine
 log = structlog.get_logger(__name__)
 
 CHANNEL = "opsline_jobs"
+# How often a muted PostgreSQL listener empties its socket of notifications.
+MUTED_DRAIN_SECONDS = 0.25
 
 _lock = threading.Lock()
 
@@ -152,9 +155,25 @@ class PostgresListener:
     def _listen(self) -> None:
         import psycopg
 
+        listening = self._doorbell.listening
         with psycopg.connect(self._conninfo, autocommit=True) as connection:
             connection.execute(f"LISTEN {CHANNEL}")
             while not self._stop.is_set():
+                if not listening.is_set():
+                    # Muted: what arrives meanwhile waits in the socket and is
+                    # drained in one read a few times a second, not one wake-up
+                    # per enqueue (each a fight for the GIL with an embedding
+                    # server's event loop). Drained, never left unread: the
+                    # server would block on a full socket, holding back the
+                    # notification queue for every listener.
+                    listening.wait(MUTED_DRAIN_SECONDS)
+                    heard = False
+                    for _ in connection.notifies(timeout=0):
+                        heard = True
+                    if heard:
+                        # Some may have come after the worker listened again.
+                        self._doorbell.ring()
+                    continue
                 for _ in connection.notifies(timeout=0.5, stop_after=1):
                     self._doorbell.ring()
 
