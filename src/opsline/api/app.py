@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,8 +30,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             yield
         finally:
+            # Off the loop: embedded workers finish their jobs' units on it meanwhile.
+            await asyncio.to_thread(runtime.stop_background)
             await runtime.db.dispose_on_loop()
-            runtime.stop_background()
 
     app = FastAPI(
         title="Opsline",

@@ -54,7 +54,7 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
     """
     tenant_id = ctx.tenant_id
     assert tenant_id is not None, "orders.capture_payment runs for a tenant"
-    claimed = _start_processing(ctx, tenant_id, order_id)
+    claimed = ctx.short_unit(lambda wait: _start_processing(ctx, tenant_id, order_id, wait))
     if claimed is None:
         return "nothing to do"
     order, reference = claimed
@@ -62,7 +62,7 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
     result = gateway_for(ctx.settings).charge(
         reference=reference, amount=order.total, currency=order.currency
     )
-    return _finish(ctx, tenant_id, order_id, reference, result)
+    return ctx.short_unit(lambda wait: _finish(ctx, tenant_id, order_id, reference, result, wait))
 
 
 _O = orders_table.c
@@ -88,10 +88,10 @@ _ATTEMPT_OUTCOME = (
 
 
 def _start_processing(
-    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID
+    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID, wait: bool = True
 ) -> tuple[Any, str] | None:
     """The order (as a row) and its current attempt's reference, or None if not payable."""
-    with ctx.unit_of_work() as uow:
+    with ctx.db.unit_of_work(wait=wait) as uow:
         order: Any = transition(
             uow,
             tenant_id=tenant_id,
@@ -125,10 +125,15 @@ def _record_attempt(uow: UnitOfWork, order: Any, reference: str) -> None:
 
 
 def _finish(
-    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID, reference: str, result: ChargeResult
+    ctx: JobContext,
+    tenant_id: uuid.UUID,
+    order_id: uuid.UUID,
+    reference: str,
+    result: ChargeResult,
+    wait: bool = True,
 ) -> str:
     paid = result.outcome is ChargeOutcome.SUCCEEDED
-    with ctx.unit_of_work() as uow:
+    with ctx.db.unit_of_work(wait=wait) as uow:
         uow.execute_later(
             _ATTEMPT_OUTCOME,
             {

@@ -28,6 +28,18 @@ def noop(ctx: JobContext) -> None:
     return None
 
 
+@job("tests.short_unit")
+def short_unit(ctx: JobContext) -> None:
+    """Records the thread its short unit ran on (the server's loop, embedded)."""
+
+    def work(wait: bool) -> str:
+        with ctx.db.unit_of_work(wait=wait) as uow:
+            uow.session.execute(text("SELECT 1"))
+        return threading.current_thread().name
+
+    record("short_unit", ctx.short_unit(work))
+
+
 @job("tests.echo", queue="default")
 def echo(ctx: JobContext, *, value: int, note: str = "") -> None:
     record("echo", (value, ctx.tenant_id, ctx.attempt))

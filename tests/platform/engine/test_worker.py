@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from datetime import timedelta
@@ -15,6 +16,7 @@ from opsline.platform.engine._rescue import rescue_expired
 from opsline.platform.engine._store import Outcome, Store
 from opsline.platform.engine.enqueue import JobSpec, enqueue, enqueue_many
 from opsline.platform.engine.models import job_errors_table, jobs_table
+from opsline.platform.engine.worker import Worker
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
 from tests.platform.engine.helpers import all_final, job_row, running_worker, states, wait_until
@@ -204,3 +206,35 @@ def test_a_full_worker_stops_listening_for_new_jobs_until_it_has_room(
         wait_until(lambda: job_row(db, later).state == "succeeded")
         wait_until(doorbell.listening.is_set)
         assert all(job_row(db, job_id).state == "cancelled" for job_id in ids)
+
+
+def test_an_embedded_worker_runs_its_jobs_short_units_on_the_servers_loop(
+    db: Database, engine_settings: Settings
+) -> None:
+    """Started from a server's event loop (its lifespan), an embedded worker hands
+    ``ctx.short_unit`` work to that loop; a worker of its own keeps it in the job's
+    thread."""
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
+    server.start()
+    embedded = Worker(db, engine_settings, concurrency=1, on_server_loop=True)
+
+    async def start() -> None:
+        embedded.start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result()
+    try:
+        enqueue(db, "tests.short_unit")
+        wait_until(lambda: bool(sample_jobs.CALLS["short_unit"]))
+    finally:
+        embedded.stop()
+        if db.dialect == "postgresql":
+            asyncio.run_coroutine_threadsafe(db.dispose_on_loop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        server.join()
+        loop.close()
+    with running_worker(db, engine_settings, concurrency=1):
+        enqueue(db, "tests.short_unit")
+        wait_until(lambda: len(sample_jobs.CALLS["short_unit"]) == 2)
+    assert sample_jobs.CALLS["short_unit"] == ["server-loop", "opsline-job"]
+    assert states(db) == {"succeeded": 2}

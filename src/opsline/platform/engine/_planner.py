@@ -4,7 +4,8 @@ Smooth weighted round-robin (as in nginx): each slot goes to the queue with
 the highest running credit, so with weights high=6, low=1 a busy ``high``
 gets six slots for each one of ``low``, and ``low`` is never starved. Queues
 found empty since the last wake-up are left out, so a single busy queue costs
-one claim statement per cycle, not one per queue.
+one claim statement per cycle, not one per queue; every other queue still
+follows in the plan with no share, to take the slots an empty one leaves.
 """
 
 from __future__ import annotations

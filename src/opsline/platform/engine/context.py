@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from opsline.db import Database, UnitOfWork
 from opsline.platform.engine.errors import JobCancelled
 from opsline.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -33,6 +38,8 @@ class JobContext:
     db: Database
     settings: Settings
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    # The event loop of the server the worker is embedded in (see short_unit).
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -49,3 +56,34 @@ class JobContext:
     def unit_of_work(self) -> Iterator[UnitOfWork]:
         with self.db.unit_of_work() as uow:
             yield uow
+
+    def short_unit(self, work: Callable[[bool], T]) -> T:
+        """``work(wait)``: one short unit of work, ``db.unit_of_work(wait=wait)``, that
+        waits on nothing but the database; its result.
+
+        In a worker embedded in ``opsline serve`` it runs on the server's event
+        loop, as the server runs its requests' units (``run_write``): on
+        PostgreSQL its statements are awaited there, on SQLite it runs inline
+        once the write lock is free. Run from the job's thread instead, each of
+        its round trips hands the GIL back and forth with the busy loop, and on
+        SQLite it holds the write lock (every order waits) while it waits to get
+        the GIL back. Everywhere else it runs here, in the job's thread: in
+        ``opsline worker``, in a test, and wherever a unit may wait on Redis or a
+        broker (a request's unit then goes to the thread pool too).
+
+        ``work`` must be one unit and nothing else: on SQLite a unit that finds
+        the lock taken raises ``WriteLockBusy`` before it does anything, and
+        ``work`` is called again.
+        """
+        loop = self.loop
+        if loop is None or not self.settings.waits_only_on_database:
+            return work(True)
+        from opsline.platform.http.db_work import run_write
+
+        future = asyncio.run_coroutine_threadsafe(run_write(self.db, work), loop)
+        while True:
+            try:
+                # Woken each second, so that the worker's timeout can land here.
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                continue

@@ -19,12 +19,18 @@ def attach_engine(runtime: Runtime) -> None:
 
 
 def add_embedded_engine(runtime: Runtime) -> None:
-    """Add worker threads (``embedded_workers``, all queues) and, if
-    ``embedded_scheduler``, the scheduler to the services ``opsline serve`` runs."""
+    """Add worker threads (``embedded_workers``, all queues; their jobs' short
+    units run on the server's event loop) and, if ``embedded_scheduler``, the
+    scheduler to the services ``opsline serve`` runs."""
     settings = runtime.settings
     if settings.embedded_workers > 0:
         runtime.background.append(
-            Worker(runtime.db, settings, concurrency=settings.embedded_workers)
+            Worker(
+                runtime.db,
+                settings,
+                concurrency=settings.embedded_workers,
+                on_server_loop=True,
+            )
         )
     if settings.embedded_scheduler:
         runtime.background.append(Scheduler(runtime.db, settings))

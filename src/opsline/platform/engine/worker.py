@@ -22,10 +22,14 @@ Contract:
 - Stop (SIGTERM/SIGINT, or ``stop()``): claim nothing more, give back jobs
   not yet started, let running jobs finish for ``job_shutdown_grace_seconds``,
   then give back the rest (their attempt is not counted).
+- Embedded (``on_server_loop``, started from a server's lifespan): jobs run
+  their short units (``JobContext.short_unit``) on the server's event loop;
+  the server stops the worker before that loop ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import queue as queue_module
@@ -82,6 +86,7 @@ class Worker:
         queues: Sequence[str] = QUEUES,
         concurrency: int = 4,
         prefetch: int | None = None,
+        on_server_loop: bool = False,
     ) -> None:
         unknown = [q for q in queues if q not in QUEUES]
         if unknown or not queues:
@@ -109,10 +114,19 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._watchers: list[_wake.SqliteWatcher | _wake.PostgresListener] = []
         self._wake_key = _wake.url_key(db.engine)
+        self._on_server_loop = on_server_loop
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        if self._on_server_loop:
+            # Started from the server's lifespan, on its loop; started elsewhere
+            # (a script driving an embedded runtime), the jobs keep their units.
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._loop = None
         _wake.register(self._wake_key, self._doorbell)
         self._watchers = self._make_watchers()
         for watcher in self._watchers:
@@ -313,6 +327,7 @@ class Worker:
             batch_id=job.batch_id,
             db=self.db,
             settings=self.settings,
+            loop=self._loop,
         )
 
     def _check_timeouts(self) -> list[Outcome]:
