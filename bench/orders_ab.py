@@ -2,16 +2,20 @@
 
 Both servers run at once, each on a fresh database of its own with the same shop,
 the payment workers off (the order requests alone), or with ``--workers N`` the
-server's N embedded payment worker threads on both sides (the cost of sharing the
-process with them). wrk then posts hot-SKU orders
-to one and the other in turn, the order of the pair swapped every repetition, so
-that the machine's drift (a factor of two within minutes here) falls on both alike.
+server's N embedded payment worker threads on both sides (what sharing the process
+with them costs), or with ``--workers A,B`` A threads on side A and B on side B
+(``OTHER_SRC`` this checkout's own ``src`` and ``--workers 0,2``: the cost of the
+embedded workers themselves). wrk then posts hot-SKU orders to one and the other in
+turn, the order of the pair swapped every repetition, so that the machine's drift (a
+factor of two within minutes here) falls on both alike.
 Reported: the server's CPU per order and orders/s of each side (medians), and the
 median of the per-pair ratios B/A.
 
-Usage: ``python -m bench.orders_ab OTHER_SRC [--quick] [--backends sqlite,postgresql]
-[--clients 1,8] [--repeats 10] [--seconds 3] [--workers 0]``, where ``OTHER_SRC`` is the ``src``
-folder of the other checkout (a ``git worktree`` of the older commit, say): side A.
+Usage: ``python -m bench.orders_ab [OTHER_SRC] [--quick] [--backends sqlite,postgresql]
+[--clients 1,8] [--repeats 10] [--seconds 3] [--workers 0 | --workers A,B]``, where
+``OTHER_SRC`` is the ``src`` folder of the other checkout (a ``git worktree`` of the
+older commit, say): side A. Without it side A is this checkout too: the spread of
+the method itself, or with ``--workers 0,2`` the cost of the embedded workers.
 Side B is this checkout. The last line of stdout is one JSON object.
 """
 
@@ -48,13 +52,18 @@ def _side(stack: ExitStack, backend: str, src: Path, workers: int) -> tuple[Serv
 
 
 def run_backend(
-    backend: str, other: Path, clients: list[int], repeats: int, seconds: float, workers: int
+    backend: str,
+    other: Path,
+    clients: list[int],
+    repeats: int,
+    seconds: float,
+    workers: tuple[int, int],
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with ExitStack() as stack:
         sides = {
-            "a": _side(stack, backend, other, workers),
-            "b": _side(stack, backend, REPO / "src", workers),
+            "a": _side(stack, backend, other, workers[0]),
+            "b": _side(stack, backend, REPO / "src", workers[1]),
         }
         for c in clients:
             log(f"{backend}: A/B with {c} clients, {repeats} repetitions")
@@ -97,16 +106,31 @@ def run_backend(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("other_src", type=Path, help="the src folder of the checkout to compare")
+    parser.add_argument(
+        "other_src",
+        type=Path,
+        nargs="?",
+        default=REPO / "src",
+        help="the src folder of the checkout to compare (default: this one's)",
+    )
     parser.add_argument("--quick", action="store_true", help="8 clients, 4 repetitions of 2 s")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--clients", default=None, help="e.g. 1,8")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument(
-        "--workers", type=int, default=0, help="embedded payment worker threads on both sides"
+        "--workers",
+        default="0",
+        help="embedded payment worker threads: N on both sides, or A,B",
     )
     args = parser.parse_args()
+    try:
+        counts = [int(n) for n in args.workers.split(",")]
+    except ValueError:
+        counts = []
+    if len(counts) not in (1, 2) or min(counts) < 0:
+        parser.error(f"--workers takes N or A,B (counts of threads), not {args.workers!r}")
+    workers = (counts[0], counts[-1])
     if not (args.other_src / "opsline" / "__init__.py").is_file():
         parser.error(f"{args.other_src} is not a src folder holding the opsline package")
     require_wrk()
@@ -116,7 +140,7 @@ def main() -> None:
     backends: dict[str, Any] = {}
     for backend in args.backends.split(","):
         backends[backend] = run_backend(
-            backend, args.other_src.resolve(), clients, repeats, seconds, args.workers
+            backend, args.other_src.resolve(), clients, repeats, seconds, workers
         )
     emit(
         {
@@ -125,7 +149,7 @@ def main() -> None:
             "quick": args.quick,
             "repeats": repeats,
             "seconds": seconds,
-            "workers": args.workers,
+            "workers": {"a": workers[0], "b": workers[1]},
             "backends": backends,
         }
     )
