@@ -15,6 +15,10 @@ nothing but its database (no Redis, no broker: ``Settings.waits_only_on_database
   the loop.
 
 Everywhere else the work runs in the thread pool.
+
+The jobs of workers embedded in the server send their short units here as well
+(``JobContext.short_unit``), from their own threads, so that they run on the
+loop like a request's.
 """
 
 from __future__ import annotations
