@@ -28,13 +28,17 @@ def noop(ctx: JobContext) -> None:
     return None
 
 
-@job("tests.short_unit")
-def short_unit(ctx: JobContext) -> None:
-    """Records the thread its short unit ran on (the server's loop, embedded)."""
+@job("tests.short_unit", max_attempts=1)
+def short_unit(ctx: JobContext, *, fail: bool = False) -> None:
+    """Records the thread its short unit ran on (the server's loop, embedded);
+    with ``fail`` the unit enqueues a job, then raises."""
 
     def work(wait: bool) -> str:
         with ctx.db.unit_of_work(wait=wait) as uow:
             uow.session.execute(text("SELECT 1"))
+            if fail:
+                noop.enqueue(uow)
+                raise ValueError("the short unit failed")
         return threading.current_thread().name
 
     record("short_unit", ctx.short_unit(work))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -208,24 +210,20 @@ def test_a_full_worker_stops_listening_for_new_jobs_until_it_has_room(
         assert all(job_row(db, job_id).state == "cancelled" for job_id in ids)
 
 
-def test_an_embedded_worker_runs_its_jobs_short_units_on_the_servers_loop(
-    db: Database, engine_settings: Settings
-) -> None:
-    """Started from a server's event loop (its lifespan), an embedded worker hands
-    ``ctx.short_unit`` work to that loop; a worker of its own keeps it in the job's
-    thread."""
+@contextmanager
+def _embedded_on_a_server_loop(db: Database, settings: Settings) -> Iterator[Worker]:
+    """A worker started as a server's lifespan starts it: from that server's loop."""
     loop = asyncio.new_event_loop()
     server = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
     server.start()
-    embedded = Worker(db, engine_settings, concurrency=1, on_server_loop=True)
+    embedded = Worker(db, settings, concurrency=1, on_server_loop=True)
 
     async def start() -> None:
         embedded.start()
 
     asyncio.run_coroutine_threadsafe(start(), loop).result()
     try:
-        enqueue(db, "tests.short_unit")
-        wait_until(lambda: bool(sample_jobs.CALLS["short_unit"]))
+        yield embedded
     finally:
         embedded.stop()
         if db.dialect == "postgresql":
@@ -233,8 +231,34 @@ def test_an_embedded_worker_runs_its_jobs_short_units_on_the_servers_loop(
         loop.call_soon_threadsafe(loop.stop)
         server.join()
         loop.close()
+
+
+def test_an_embedded_worker_runs_its_jobs_short_units_on_the_servers_loop(
+    db: Database, engine_settings: Settings
+) -> None:
+    """Started from a server's event loop (its lifespan), an embedded worker hands
+    ``ctx.short_unit`` work to that loop; a worker of its own keeps it in the job's
+    thread."""
+    with _embedded_on_a_server_loop(db, engine_settings):
+        enqueue(db, "tests.short_unit")
+        wait_until(lambda: bool(sample_jobs.CALLS["short_unit"]))
     with running_worker(db, engine_settings, concurrency=1):
         enqueue(db, "tests.short_unit")
         wait_until(lambda: len(sample_jobs.CALLS["short_unit"]) == 2)
     assert sample_jobs.CALLS["short_unit"] == ["server-loop", "opsline-job"]
     assert states(db) == {"succeeded": 2}
+
+
+def test_a_short_unit_failing_on_the_servers_loop_fails_its_job_and_writes_nothing(
+    db: Database, engine_settings: Settings
+) -> None:
+    with _embedded_on_a_server_loop(db, engine_settings):
+        job_id = enqueue(db, "tests.short_unit", {"fail": True})
+        wait_until(lambda: job_row(db, job_id).state == "dead")
+    with db.read() as session:
+        errors = session.execute(
+            select(job_errors_table.c.error_type, job_errors_table.c.message)
+        ).all()
+    assert [tuple(row) for row in errors] == [("ValueError", "the short unit failed")]
+    assert states(db) == {"dead": 1}  # the job the unit enqueued was rolled back with it
+    assert not sample_jobs.CALLS["short_unit"]
