@@ -111,10 +111,11 @@ def _body(product_id: str) -> str:
     return json.dumps({"items": [{"product_id": product_id, "quantity": 1}]})
 
 
-def _orders(
+def _hot(
     base: Served, shop: dict[str, Any], clients: int, seconds: float, helpers: list[int]
 ) -> dict[str, Any]:
-    hot = wrk(
+    """wrk posting orders of the hot SKU (one unit each) for ``seconds``."""
+    return wrk(
         base,
         "/api/v1/orders",
         [_body(shop["hot"])],
@@ -123,6 +124,12 @@ def _orders(
         auth=shop["auth"],
         helpers=helpers,
     )
+
+
+def _orders(
+    base: Served, shop: dict[str, Any], clients: int, seconds: float, helpers: list[int]
+) -> dict[str, Any]:
+    hot = _hot(base, shop, clients, seconds, helpers)
     spread = wrk(
         base,
         "/api/v1/orders",

@@ -37,9 +37,8 @@ from bench._http import (
     require_wrk,
     run_cli,
     server,
-    wrk,
 )
-from bench.orders import SERVER_ENV, _body, _serve, _shop
+from bench.orders import SERVER_ENV, _hot, _serve, _shop
 
 
 def _side(stack: ExitStack, backend: str, src: Path, workers: int) -> tuple[Served, dict[str, Any]]:
@@ -70,25 +69,11 @@ def run_backend(
             cpu: dict[str, list[float]] = {"a": [], "b": []}
             rate: dict[str, list[float]] = {"a": [], "b": []}
             for base, shop in sides.values():  # warm both
-                wrk(
-                    base,
-                    "/api/v1/orders",
-                    [_body(shop["hot"])],
-                    clients=c,
-                    seconds=1.0,
-                    auth=shop["auth"],
-                )
+                _hot(base, shop, c, 1.0, [])
             for i in range(repeats):
                 for name in ("a", "b") if i % 2 == 0 else ("b", "a"):
                     base, shop = sides[name]
-                    measured = wrk(
-                        base,
-                        "/api/v1/orders",
-                        [_body(shop["hot"])],
-                        clients=c,
-                        seconds=seconds,
-                        auth=shop["auth"],
-                    )
+                    measured = _hot(base, shop, c, seconds, [])
                     cpu[name].append(measured["server_cpu_ms_per_request"])
                     rate[name].append(measured["per_s"])
             result[str(c)] = {

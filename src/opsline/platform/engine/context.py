@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from opsline.db import Database, UnitOfWork
 from opsline.platform.engine.errors import JobCancelled
+from opsline.platform.http.db_work import run_write
 from opsline.settings import Settings
 
 T = TypeVar("T")
@@ -78,8 +79,6 @@ class JobContext:
         loop = self.loop
         if loop is None or not self.settings.waits_only_on_database:
             return work(True)
-        from opsline.platform.http.db_work import run_write
-
         future = asyncio.run_coroutine_threadsafe(run_write(self.db, work), loop)
         while True:
             try:
