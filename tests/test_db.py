@@ -1,11 +1,14 @@
-"""The unit of work: steps put last, after-commit callbacks, rollback."""
+"""The unit of work: steps put last, after-commit callbacks, rollback; row ids."""
 
 from __future__ import annotations
+
+import time
+import uuid
 
 import pytest
 from sqlalchemy import text
 
-from opsline.db import Database, UnitOfWork
+from opsline.db import Database, UnitOfWork, new_id
 from opsline.platform.runtime import Runtime
 
 
@@ -65,3 +68,20 @@ def test_run_last_runs_each_step_once_and_rollback_drops_pending_steps(db: Datab
         _insert(uow, 3)
     assert runs == [1]
     assert _rows(db) == [3]
+
+
+def test_new_ids_are_uuid7_in_time_order_and_unique() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == len(ids)
+    # The first 48 bits are the Unix time in ms, so ids sort by when they were made.
+    stamps = [i.int >> 80 for i in ids]
+    assert before <= stamps[0] <= stamps[-1] <= after
+    assert stamps == sorted(stamps)
+    time.sleep(0.002)
+    assert new_id() > max(ids)
+    # The 74 bits after the version and variant are random (not all zero or all equal).
+    assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)
+    assert len({(i.int >> 64) & 0xFFF for i in ids}) > 1000

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import keyword
+import os
 import sqlite3
 import threading
 import time
@@ -110,7 +111,28 @@ def utcnow() -> datetime:
 
 
 def new_id() -> uuid.UUID:
-    return uuid.uuid4()
+    """A row id: a UUID version 7 (RFC 9562), the Unix time in ms, then 74 random bits.
+
+    Ids made one after another sort near each other, so a primary key's inserts
+    land on the index's last pages rather than on a random page each (which on
+    SQLite is read into its small page cache and written to the WAL, and on
+    PostgreSQL dirties a page of its own and its full-page image). The random
+    bits come from the OS's CSPRNG, as uuid4's: ids are no easier to guess.
+    Ids made in the same millisecond are in no particular order among themselves.
+    """
+    rand = int.from_bytes(os.urandom(10)) >> 6  # 74 bits
+    return uuid.UUID(
+        int=(time.time_ns() // 1_000_000) << 80
+        | _UUID7_VERSION
+        | (rand >> 62) << 64
+        | _UUID_VARIANT
+        | rand & _LOW_62
+    )
+
+
+_UUID7_VERSION = 7 << 76
+_UUID_VARIANT = 0b10 << 62
+_LOW_62 = (1 << 62) - 1
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -14,7 +14,7 @@ from opsline.bulk._spec import Spec
 from opsline.bulk.errors import RunNotFound
 from opsline.bulk.models import BulkRun, runs_table
 from opsline.bulk.schemas import FINAL_STATUSES, RunOut
-from opsline.db import UnitOfWork, as_utc, utcnow
+from opsline.db import UnitOfWork, as_utc, new_id, utcnow
 from opsline.platform.context import Context
 from opsline.platform.engine import changes
 from opsline.platform.engine.events import publish
@@ -32,7 +32,7 @@ def run_filters(tenant_id: uuid.UUID, **equals: str | None) -> list[ColumnElemen
 def new_run(ctx: Context, spec: Spec, *, status: str, now: datetime) -> BulkRun:
     request = ctx.request
     return BulkRun(
-        id=uuid.uuid4(),
+        id=new_id(),
         tenant_id=ctx.tenant_id,
         kind="action",
         resource=spec.resource.name,

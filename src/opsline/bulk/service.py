@@ -34,7 +34,7 @@ from opsline.bulk.schemas import (
     RunOut,
     ScheduleRequest,
 )
-from opsline.db import as_utc, utcnow
+from opsline.db import as_utc, new_id, utcnow
 from opsline.platform.context import Context
 from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.enqueue import enqueue
@@ -272,7 +272,7 @@ def _check_undoable(ctx: Context, run: BulkRun) -> None:
 def _undo_row(ctx: Context, run: BulkRun, force: bool) -> BulkRun:
     now = utcnow()
     return BulkRun(
-        id=uuid.uuid4(),
+        id=new_id(),
         tenant_id=ctx.tenant_id,
         kind="undo",
         resource=run.resource,

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from opsline.db import UnitOfWork, utcnow
+from opsline.db import UnitOfWork, new_id, utcnow
 from opsline.orders import _stock
 from opsline.orders._state import NEXT_PAYMENT_ATTEMPT, OrderStatus, transition
 from opsline.orders.events import OrderFailed, OrderPaid
@@ -114,7 +114,7 @@ def _start_processing(
 
 def _record_attempt(uow: UnitOfWork, order: Any, reference: str) -> None:
     values = {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "tenant_id": order.tenant_id,
         "order_id": order.id,
         "attempt": order.payment_attempt,

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
-from opsline.db import UnitOfWork, utcnow
+from opsline.db import UnitOfWork, new_id, utcnow
 from opsline.platform.engine.enqueue import JobSpec, build_rows, enqueue_many, insert_rows
 from opsline.platform.engine.errors import BatchNotFound
 from opsline.platform.engine.models import Batch, batches_table, jobs_table
@@ -54,7 +54,7 @@ def create_batch(
     callback_args: Mapping[str, Any] | None = None,
 ) -> uuid.UUID:
     """Create a batch and enqueue its jobs in ``uow``; callbacks are job names."""
-    batch_id = uuid.uuid4()
+    batch_id = new_id()
     extra = dict(callback_args or {})
     names = {}
     for key, callback in (

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from opsline.db import Database, UnitOfWork, utcnow, values_insert
+from opsline.db import Database, UnitOfWork, new_id, utcnow, values_insert
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.enqueue import JobSpec, enqueue_later, enqueue_many
 from opsline.platform.engine.models import events_table
@@ -46,7 +46,7 @@ class Event(BaseModel):
     event_type: ClassVar[str] = ""
     version: ClassVar[int] = 1
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=new_id)
     tenant_id: uuid.UUID | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
 

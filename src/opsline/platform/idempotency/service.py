@@ -20,7 +20,6 @@ too: its work is rolled back, then the key is written with the problem.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +29,7 @@ import orjson
 from sqlalchemy import Table, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from opsline.db import Database, UnitOfWork, utcnow, values_insert
+from opsline.db import Database, UnitOfWork, new_id, utcnow, values_insert
 from opsline.platform.context import Context
 from opsline.platform.http.problems import BadRequest, Conflict, Problem, Unprocessable
 from opsline.platform.idempotency.models import IdempotencyKey
@@ -169,7 +168,7 @@ def _claim(
 ) -> None:
     now = utcnow()
     row = {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "tenant_id": ctx.tenant_id,
         "principal": ctx.principal.subject,
         "key": key,
