@@ -10,7 +10,7 @@ turn, the order of the pair swapped every repetition, so that the machine's drif
 factor of two within minutes here) falls on both alike.
 Both servers run on one CPU (the last) and wrk on the others, so that neither side
 gets a core to itself by chance (``--no-pin``: anywhere). Against an identical side
-A, side B came out 3-10% ahead on SQLite unpinned, 1-5% pinned (medians of 8 pairs).
+A, side B came out 3-10% ahead on SQLite unpinned, 1-6% pinned (medians of 8 pairs).
 Reported: the server's CPU per order and orders/s of each side (medians), the
 median of the per-pair ratios B/A, and their range: the method's own spread.
 
