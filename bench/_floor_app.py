@@ -1,7 +1,8 @@
 """The HTTP floor of shared/PEERS.md: a bare FastAPI endpoint doing one database insert.
 
-Same server settings as Opsline's (uvicorn, one process, httptools when installed)
-and the same database engine set-up (``opsline.db.Database``: WAL, synchronous,
+Same server settings as Opsline's (uvicorn, one process, httptools when installed,
+the event loop ``opsline serve`` would run: ``Settings.server_event_loop``) and the
+same database engine set-up (``opsline.db.Database``: WAL, synchronous,
 BEGIN IMMEDIATE on SQLite). Two endpoints, as Opsline runs its own: ``/insert`` is
 a sync endpoint (the thread pool), ``/insert-inline`` an async one that inserts on
 the event loop as Opsline places orders: inline on SQLite, its statement awaited
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy import Column, MetaData, String, Table, Uuid, insert
 
 from opsline.db import Database
-from opsline.settings import load_settings
+from opsline.settings import Settings, load_settings
 
 metadata = MetaData()
 rows = Table(
@@ -27,8 +28,8 @@ rows = Table(
 )
 
 
-def build() -> FastAPI:
-    db = Database(load_settings())
+def build(settings: Settings) -> FastAPI:
+    db = Database(settings)
     metadata.create_all(db.engine)
     app = FastAPI()
 
@@ -56,6 +57,12 @@ def build() -> FastAPI:
 
 
 if __name__ == "__main__":
+    settings = load_settings()
     uvicorn.run(
-        build(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False
+        build(settings),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop=settings.server_event_loop,
+        log_level="warning",
+        access_log=False,
     )

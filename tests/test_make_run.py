@@ -76,4 +76,5 @@ def test_make_run_serves_the_demo_tenant(tmp_path: Path) -> None:
         log.close()
     output = (tmp_path / "make-run.log").read_text()
     assert "opsline-demo-2026" in output  # the credentials were printed once
+    assert "(sqlite, asyncio event loop)" in output  # inline SQLite work: Python's own loop
     assert (tmp_path / "var" / "secret_key").exists()

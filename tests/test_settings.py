@@ -46,3 +46,22 @@ def test_secret_is_not_in_the_settings_repr() -> None:
     settings = Settings(secret_key="a-very-secret-value-1234567890")
     assert "a-very-secret-value" not in repr(settings)
     assert "a-very-secret-value" not in str(settings.model_dump())
+
+
+def test_the_server_runs_python_s_loop_where_its_sqlite_work_runs_inline(tmp_path: Path) -> None:
+    sqlite = Settings(var_dir=tmp_path)
+    assert sqlite.server_event_loop == "asyncio"
+    # With Redis, requests' work goes to the thread pool; on PostgreSQL it is awaited.
+    assert Settings(var_dir=tmp_path, redis_url="redis://127.0.0.1:6379/0").server_event_loop == (
+        "uvloop"
+    )
+    postgres = Settings(database_url="postgresql+psycopg://postgres@127.0.0.1/test")
+    assert postgres.server_event_loop == "uvloop"
+    assert Settings(var_dir=tmp_path, event_loop="uvloop").server_event_loop == "uvloop"
+    assert postgres.model_copy(update={"event_loop": "asyncio"}).server_event_loop == "asyncio"
+
+
+def test_an_unknown_event_loop_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSLINE_EVENT_LOOP", "trio")
+    with pytest.raises(SettingsError, match="OPSLINE_EVENT_LOOP"):
+        load_settings()

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The server's event loop; auto: see ``server_event_loop``.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     database_url: str | None = None
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
@@ -124,6 +126,22 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
         return value
+
+    @property
+    def server_event_loop(self) -> Literal["asyncio", "uvloop"]:
+        """``event_loop``, auto resolved: Python's own where requests' SQLite work runs
+        inline on the loop, else uvloop.
+
+        uvloop sends what a round of ready callbacks wrote only once the round is
+        over, so a saturated loop running units inline holds finished responses
+        back behind the round's other requests: at 32 clients on SQLite the orders'
+        p99 was 470-500 ms against 150 ms on Python's loop, at the same rate. With
+        statements awaited (PostgreSQL) the rounds are short, and uvloop's cheaper
+        I/O is worth some 4% more orders per second at 8 clients.
+        """
+        if self.event_loop != "auto":
+            return self.event_loop
+        return "asyncio" if self.is_sqlite and self.waits_only_on_database else "uvloop"
 
     @property
     def waits_only_on_database(self) -> bool:

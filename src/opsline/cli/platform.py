@@ -48,14 +48,16 @@ def serve(
         raise fail(str(exc), 2) from None
     runtime = bootstrap(settings, role="serve")
     app = create_app(runtime=runtime)
+    loop = settings.server_event_loop
     console.print(
         f"Opsline serving on http://{host or settings.host}:{port or settings.port} "
-        f"({runtime.db.dialect})"
+        f"({runtime.db.dialect}, {loop} event loop)"
     )
     uvicorn.run(
         app,
         host=host or settings.host,
         port=port or settings.port,
+        loop=loop,
         log_config=None,
         access_log=False,
         proxy_headers=False,
