@@ -11,7 +11,7 @@ factor of two within minutes here) falls on both alike.
 Both servers run on one CPU (the last) and wrk on the others, so that neither side
 gets a core to itself by chance (``--no-pin``: anywhere). Against an identical side
 A, side B came out 3-10% ahead on SQLite unpinned, 1-6% pinned (medians of 8 pairs).
-Reported: the server's CPU per order and orders/s of each side (medians), the
+Reported: the server's CPU per order, orders/s and p99 of each side (medians), the
 median of the per-pair ratios B/A, and their range: the method's own spread.
 
 Usage: ``python -m bench.orders_ab [OTHER_SRC] [--quick] [--backends sqlite,postgresql]
@@ -87,6 +87,7 @@ def run_backend(
             log(f"{backend}: A/B with {c} clients, {repeats} repetitions")
             cpu: dict[str, list[float]] = {"a": [], "b": []}
             rate: dict[str, list[float]] = {"a": [], "b": []}
+            p99: dict[str, list[float]] = {"a": [], "b": []}
             for base, shop in sides.values():  # warm both
                 _hot(base, shop, c, 1.0, [])
             for i in range(repeats):
@@ -95,11 +96,13 @@ def run_backend(
                     measured = _hot(base, shop, c, seconds, [])
                     cpu[name].append(measured["server_cpu_ms_per_request"])
                     rate[name].append(measured["per_s"])
+                    p99[name].append(measured["p99_ms"])
             cpu_ratios = [b / a for a, b in zip(cpu["a"], cpu["b"], strict=True)]
             rate_ratios = [b / a for a, b in zip(rate["a"], rate["b"], strict=True)]
             result[str(c)] = {
                 "cpu_ms_per_order": {k: statistics.median(v) for k, v in cpu.items()},
                 "orders_per_s": {k: statistics.median(v) for k, v in rate.items()},
+                "p99_ms": {k: statistics.median(v) for k, v in p99.items()},
                 "cpu_ratio_b_to_a": round(statistics.median(cpu_ratios), 3),
                 "rate_ratio_b_to_a": round(statistics.median(rate_ratios), 3),
                 # The pairs' own spread: a median outside the other side's range is a change.

@@ -135,9 +135,10 @@ class Settings(BaseSettings):
         uvloop sends what a round of ready callbacks wrote only once the round is
         over, so a saturated loop running units inline holds finished responses
         back behind the round's other requests: at 32 clients on SQLite the orders'
-        p99 was 470-500 ms against 150 ms on Python's loop, at the same rate. With
-        statements awaited (PostgreSQL) the rounds are short, and uvloop's cheaper
-        I/O is worth some 4% more orders per second at 8 clients.
+        p99 was 533 ms against 69 ms on Python's loop, at the same rate
+        (``bench.orders_ab``). With statements awaited (PostgreSQL) the rounds are
+        short, and uvloop's cheaper I/O is worth some 4% more orders per second at
+        8 clients.
         """
         if self.event_loop != "auto":
             return self.event_loop
