@@ -7,6 +7,7 @@ required for the embedded default: the database is a SQLite file under
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from pathlib import Path
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     @property
     def server_event_loop(self) -> Literal["asyncio", "uvloop"]:
         """``event_loop``, auto resolved: Python's own where requests' SQLite work runs
-        inline on the loop, else uvloop.
+        inline on the loop, else uvloop where it is installed.
 
         uvloop sends what a round of ready callbacks wrote only once the round is
         over, so a saturated loop running units inline holds finished responses
@@ -142,7 +143,9 @@ class Settings(BaseSettings):
         """
         if self.event_loop != "auto":
             return self.event_loop
-        return "asyncio" if self.is_sqlite and self.waits_only_on_database else "uvloop"
+        if self.is_sqlite and self.waits_only_on_database:
+            return "asyncio"
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
     @property
     def waits_only_on_database(self) -> bool:
