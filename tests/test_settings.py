@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import stat
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def test_the_server_runs_python_s_loop_where_its_sqlite_work_runs_inline(tmp_pat
     assert postgres.server_event_loop == "uvloop"
     assert Settings(var_dir=tmp_path, event_loop="uvloop").server_event_loop == "uvloop"
     assert postgres.model_copy(update={"event_loop": "asyncio"}).server_event_loop == "asyncio"
+
+
+def test_auto_falls_back_to_python_s_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    postgres = Settings(database_url="postgresql+psycopg://postgres@127.0.0.1/test")
+    assert postgres.server_event_loop == "asyncio"
 
 
 def test_an_unknown_event_loop_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

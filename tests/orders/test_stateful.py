@@ -98,11 +98,13 @@ class Checkout(RuleBasedStateMachine):
             db=self.runtime.db,
             settings=self.settings,
         )
-        claimed = _start_processing(job, self.ctx.tenant_id, order_id)
+        claimed = _start_processing(job, self.ctx.tenant_id, order_id, wait=True)
         if claimed is None:
             return
         outcome = ChargeOutcome.SUCCEEDED if approve else ChargeOutcome.DECLINED
-        _finish(job, self.ctx.tenant_id, order_id, claimed[1], ChargeResult(outcome, "prop"))
+        _finish(
+            job, self.ctx.tenant_id, order_id, claimed[1], ChargeResult(outcome, "prop"), wait=True
+        )
 
     @rule(delta=st.integers(1, 4))
     def restock(self, delta: int) -> None:

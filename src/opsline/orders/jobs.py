@@ -88,7 +88,7 @@ _ATTEMPT_OUTCOME = (
 
 
 def _start_processing(
-    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID, wait: bool = True
+    ctx: JobContext, tenant_id: uuid.UUID, order_id: uuid.UUID, wait: bool
 ) -> tuple[Any, str] | None:
     """The order (as a row) and its current attempt's reference, or None if not payable."""
     with ctx.db.unit_of_work(wait=wait) as uow:
@@ -130,7 +130,7 @@ def _finish(
     order_id: uuid.UUID,
     reference: str,
     result: ChargeResult,
-    wait: bool = True,
+    wait: bool,
 ) -> str:
     paid = result.outcome is ChargeOutcome.SUCCEEDED
     with ctx.db.unit_of_work(wait=wait) as uow:

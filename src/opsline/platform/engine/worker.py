@@ -30,6 +30,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import queue as queue_module
@@ -123,10 +124,8 @@ class Worker:
         if self._on_server_loop:
             # Started from the server's lifespan, on its loop; started elsewhere
             # (a script driving an embedded runtime), the jobs keep their units.
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._loop = None
         _wake.register(self._wake_key, self._doorbell)
         self._watchers = self._make_watchers()
         for watcher in self._watchers:
