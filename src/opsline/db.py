@@ -104,6 +104,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+# The largest integer a BIGINT (SQLite's INTEGER) holds: more does not even bind.
+BIGINT_MAX = 2**63 - 1
 
 
 def utcnow() -> datetime:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.orders.conftest import Live
@@ -117,6 +117,19 @@ def test_sse_resumes_after_last_event_id(live: Live) -> None:
         replay = [resumed.get(timeout=10) for _ in range(3)]
     assert [e["id"] for e in replay] == [e["id"] for e in last]
     assert [e["data"]["status"] for e in replay] == ["PENDING", "PROCESSING", "PAID"]
+
+
+def test_resume_positions_beyond_bigint_are_refused(live: Live) -> None:
+    too_far = str(2**63)
+    refused = live.http.get(
+        "/api/v1/orders/live/sse", headers={**live.member, "Last-Event-ID": too_far}
+    )
+    assert refused.status_code == 422 and "Last-Event-ID" in refused.text
+    token = live.member["Authorization"].removeprefix("Bearer ")
+    url = live.base.replace("http", "ws") + "/api/v1/orders/live/ws"
+    with pytest.raises((InvalidStatus, ConnectionClosed)):
+        with connect(f"{url}?access_token={token}&after={too_far}") as socket:
+            socket.recv(timeout=5)
 
 
 def test_someone_elses_channel_is_refused(live: Live) -> None:

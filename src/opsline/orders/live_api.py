@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
+from opsline.db import BIGINT_MAX
 from opsline.orders._live import tenant_channel, user_channel
 from opsline.orders.models import OrderStatusChange
 from opsline.orders.permissions import ORDERS_READ, ORDERS_READ_ALL
@@ -180,7 +181,7 @@ async def order_events(
     user_id: uuid.UUID | None = None,
     access_token: Annotated[str | None, Query(max_length=4096)] = None,
     authorization: Annotated[str | None, Header()] = None,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=BIGINT_MAX)] = None,
 ) -> StreamingResponse:
     runtime: Runtime = request.app.state.runtime
     principal = await run_in_threadpool(_principal, runtime, authorization, access_token)
@@ -208,7 +209,7 @@ async def order_socket(
     scope: Scope = "mine",
     user_id: uuid.UUID | None = None,
     access_token: str | None = None,
-    after: int | None = None,
+    after: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
 ) -> None:
     """WebSocket of order status changes; ``?after=<seq>`` replays from the log first."""
     runtime: Runtime = websocket.app.state.runtime

@@ -45,6 +45,16 @@ def test_member_without_jobs_admin_gets_403(app_client: TestClient) -> None:
     assert_problem(app_client.get("/api/v1/jobs", headers=member.headers), 403)
 
 
+def test_job_ids_outside_bigint_are_a_422_not_a_500(app_client: TestClient) -> None:
+    a = signup(app_client)
+    for job_id in (0, -1, 2**63, 10**30):
+        assert_problem(app_client.get(f"/api/v1/jobs/{job_id}", headers=a.headers), 422)
+        for action in ("retry", "cancel"):
+            response = app_client.post(f"/api/v1/jobs/{job_id}/{action}", headers=a.headers)
+            assert_problem(response, 422)
+    assert_problem(app_client.get(f"/api/v1/jobs/{2**63 - 1}", headers=a.headers), 404)
+
+
 def test_retry_cancel_and_flush_dead_jobs(app_client: TestClient, runtime: Runtime) -> None:
     a = signup(app_client)
     dead = sample_jobs.echo.enqueue(runtime.db, tenant_id=a.tenant_id, value=1)

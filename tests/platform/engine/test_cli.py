@@ -60,6 +60,12 @@ def test_retry_needs_an_id_or_all(cli: CliRunner) -> None:
     assert cli.invoke(app, ["jobs", "retry"]).exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_a_job_id_beyond_bigint_is_a_usage_error(cli: CliRunner, command: str) -> None:
+    result = cli.invoke(app, ["jobs", command, str(2**63)])
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
 def test_events_list_and_replay(cli: CliRunner, db: Database) -> None:
     with db.unit_of_work() as uow:
         publish(uow, OrderApproved(tenant_id=uuid.uuid4(), order_id=uuid.uuid4(), amount_cents=5))

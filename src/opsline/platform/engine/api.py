@@ -10,9 +10,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
+from opsline.db import BIGINT_MAX
 from opsline.platform.auth.roles import JOBS_ADMIN
 from opsline.platform.context import Context
 from opsline.platform.engine import service
@@ -24,6 +25,7 @@ from opsline.platform.http.routing import Route
 
 router = APIRouter(tags=["jobs"], route_class=Route)
 AdminCtx = Annotated[Context, RequirePermission(JOBS_ADMIN.name)]
+JobId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The job's id")]
 JobState = Literal[
     "scheduled", "available", "running", "retryable", "succeeded", "dead", "cancelled"
 ]
@@ -76,17 +78,17 @@ def retry_dead_jobs(ctx: AdminCtx) -> CountOut:
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="A job and its failed attempts")
-def get_job(job_id: int, ctx: AdminCtx) -> JobDetail:
+def get_job(job_id: JobId, ctx: AdminCtx) -> JobDetail:
     return service.get_job(ctx.db, Scope.of(ctx), job_id)
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, summary="Retry a job now")
-def retry_job(job_id: int, ctx: AdminCtx) -> JobOut:
+def retry_job(job_id: JobId, ctx: AdminCtx) -> JobOut:
     return service.retry_job(ctx.db, Scope.of(ctx), job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
-def cancel_job(job_id: int, ctx: AdminCtx) -> JobOut:
+def cancel_job(job_id: JobId, ctx: AdminCtx) -> JobOut:
     return service.cancel_job(ctx.db, Scope.of(ctx), job_id)
 
 

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from opsline.db import BIGINT_MAX
 from opsline.platform.engine import service
 from opsline.platform.engine.registry import QUEUES
 from opsline.platform.engine.schemas import JobOut
@@ -26,6 +27,7 @@ from opsline.platform.http.pagination import Page
 jobs_app = typer.Typer(help="Inspect, retry, cancel and flush jobs.", no_args_is_help=True)
 events_app = typer.Typer(help="Read and replay the event log.", no_args_is_help=True)
 
+JobIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The job's id.")]
 TenantOption = Annotated[
     uuid.UUID | None, typer.Option("--tenant", help="Only this tenant (default: all).")
 ]
@@ -179,7 +181,7 @@ def failed(
 
 
 @jobs_app.command("show")
-def show(job_id: int, tenant: TenantOption = None) -> None:
+def show(job_id: JobIdArgument, tenant: TenantOption = None) -> None:
     """Show a job, its arguments and every failed attempt with its traceback."""
     from opsline.platform.clitools import cli_runtime, console
 
@@ -193,7 +195,9 @@ def show(job_id: int, tenant: TenantOption = None) -> None:
 
 @jobs_app.command("retry")
 def retry(
-    job_id: Annotated[int | None, typer.Argument(help="The job to retry.")] = None,
+    job_id: Annotated[
+        int | None, typer.Argument(min=1, max=BIGINT_MAX, help="The job to retry.")
+    ] = None,
     all_dead: Annotated[bool, typer.Option("--all", help="Retry every dead job.")] = False,
     tenant: TenantOption = None,
 ) -> None:
@@ -212,7 +216,7 @@ def retry(
 
 
 @jobs_app.command("cancel")
-def cancel(job_id: int, tenant: TenantOption = None) -> None:
+def cancel(job_id: JobIdArgument, tenant: TenantOption = None) -> None:
     """Cancel a pending job, or ask a running one to stop at its next check."""
     from opsline.platform.clitools import cli_runtime, console
 
