@@ -68,6 +68,31 @@ def test_openapi_names_how_each_endpoint_authenticates(app_client: TestClient) -
     assert len(secured) > 40
 
 
+def test_openapi_documents_every_error_as_a_problem_document(app_client: TestClient) -> None:
+    spec = app_client.get("/openapi.json").json()
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    assert spec["components"]["schemas"]["Problem"]["required"] == ["type", "title", "status"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    operations = [
+        (path, method, operation)
+        for path, ops in spec["paths"].items()
+        for method, operation in ops.items()
+        if path.startswith("/api/v1/")
+    ]
+    assert len(operations) > 50
+    for path, method, operation in operations:
+        for code in ("4XX", "5XX"):
+            assert operation["responses"][code]["content"] == problem, (method, path, code)
+    placing = spec["paths"]["/api/v1/orders"]["post"]["responses"]
+    assert placing["409"]["content"] == problem and "stock" in placing["409"]["description"]
+    # The readiness probe's 503 is its own JSON, not a problem document.
+    ready = spec["paths"]["/health/ready"]["get"]["responses"]["503"]
+    assert list(ready["content"]) == ["application/json"]
+    # What the document says is what is sent.
+    sent = app_client.get("/api/v1/orders")
+    assert sent.status_code == 401 and sent.headers["content-type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize(
     "authorization",
     ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "bearer not-a-token", "Token abc", ""],

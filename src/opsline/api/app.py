@@ -17,6 +17,7 @@ from opsline.api.ops import router as ops_router
 from opsline.api.routers import api_routers
 from opsline.bootstrap import bootstrap
 from opsline.platform.http.deps import document_security
+from opsline.platform.http.problems import document_problems
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
 
@@ -47,17 +48,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(ops_router)
     for router in api_routers():
         app.include_router(router, prefix="/api/v1")
-    _with_security_schemes(app)
+    _with_schemes(app)
     return app
 
 
-def _with_security_schemes(app: FastAPI) -> None:
-    """The OpenAPI document names how each endpoint authenticates (see ``document_security``)."""
+def _with_schemes(app: FastAPI) -> None:
+    """The OpenAPI document names how each endpoint authenticates (see ``document_security``)
+    and the problem document that every error answer is."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document_security(generate(), app.routes)
+            schema = generate()
+            document_security(schema, app.routes)
+            document_problems(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -9,9 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsline.platform.http.problems import PROBLEM_BASE, Problem
-
-PROBLEM_JSON = "application/problem+json"
+from opsline.platform.http.problems import PROBLEM_BASE, PROBLEM_JSON, Problem
 
 _TITLES = {
     400: ("bad-request", "Bad request"),

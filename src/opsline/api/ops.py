@@ -29,7 +29,12 @@ def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     summary="The process can serve: database, and Redis and broker when configured",
-    responses={503: {"description": "A dependency is down; the body names it"}},
+    responses={
+        503: {
+            "description": "A dependency is down; the body names it",
+            "content": {"application/json": {}},
+        }
+    },
 )
 def ready(runtime: RuntimeDep) -> Response:
     checks = check_dependencies(runtime)

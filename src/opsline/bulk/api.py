@@ -138,7 +138,7 @@ def list_runs(
 @router.get(
     "/audit/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}, "application/pdf": {}}}},
+    responses={200: {"content": {m.split(";")[0]: {} for m in service.MEDIA_TYPES.values()}}},
     summary="Download the audit log of runs and undos",
 )
 def export_audit(
@@ -194,7 +194,7 @@ def undo_status(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
 @router.get(
     "/runs/{run_id}/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}, "application/pdf": {}}}},
+    responses={200: {"content": {m.split(";")[0]: {} for m in service.MEDIA_TYPES.values()}}},
     summary="Download the run's affected records",
 )
 def export(run_id: uuid.UUID, ctx: BulkCtx, format: ExportFormat = "csv") -> StreamingResponse:

@@ -10,6 +10,39 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://opsline.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+# How the OpenAPI document describes every error answer: any 4xx or 5xx is a
+# problem document. Routes name these (``Route``); the app adds the schema.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "each invalid field: loc, msg, type",
+        },
+    },
+    "additionalProperties": True,
+    "description": "An RFC 9457 problem document; some problems add fields of their own.",
+}
+PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"description": "The request cannot be served as sent", "content": PROBLEM_CONTENT},
+    "5XX": {"description": "The server failed or is unavailable", "content": PROBLEM_CONTENT},
+}
+
+
+def document_problems(schema: dict[str, Any]) -> None:
+    """Add the problem document's schema to an OpenAPI ``schema``."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
 
 
 class Problem(Exception):
