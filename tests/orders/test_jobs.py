@@ -10,7 +10,14 @@ import pytest
 from sqlalchemy import func, select, update
 
 from opsline.db import utcnow
-from opsline.orders.jobs import capture_payment, sweep_stuck_orders
+from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
+from opsline.orders.jobs import (
+    _finish,
+    _start_processing,
+    capture_payment,
+    refund_payment,
+    sweep_stuck_orders,
+)
 from opsline.orders.models import Order, PaymentAttempt
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.models import EventRecord
@@ -58,7 +65,7 @@ def test_payment_moves_the_order_to_paid_once(shop: Shop, runtime: Runtime) -> N
     assert capture_payment(ctx, order_id=order["id"]) == "nothing to do"
     settled = _order(runtime, order["id"])
     assert settled.status == "PAID"
-    assert settled.payment_reference == f"order-{order['id']}-1"
+    assert settled.payment_reference == f"order-{order['id']}"
     assert _events(runtime, "orders.order_paid") == 1
     with runtime.db.read() as session:
         attempts = session.scalars(select(PaymentAttempt)).all()
@@ -99,7 +106,7 @@ def test_a_job_crashed_mid_charge_charges_again_under_the_same_reference(
         )
     ctx = _ctx(runtime, shop.owner.tenant_id)
     assert capture_payment(ctx, order_id=order["id"]) == "paid"
-    assert _order(runtime, order["id"]).payment_reference == f"order-{order['id']}-1"
+    assert _order(runtime, order["id"]).payment_reference == f"order-{order['id']}"
 
 
 def test_cancelled_order_is_never_charged(shop: Shop, runtime: Runtime) -> None:
@@ -144,11 +151,105 @@ def test_sweeper_retries_a_stuck_order_then_fails_it(shop: Shop, runtime: Runtim
     assert _order(runtime, retried["id"]).payment_attempt == 2
     assert _order(runtime, fresh["id"]).status == "PROCESSING"  # not stuck yet
     assert shop.stock(product["id"]) == 1 + 2  # 5 - 4 ordered + 2 released
-    # The retry charges under the new attempt's reference.
+    # The retry asks again under the order's one reference.
     assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=retried["id"]) == "paid"
-    assert _order(runtime, retried["id"]).payment_reference == f"order-{retried['id']}-2"
+    assert _order(runtime, retried["id"]).payment_reference == f"order-{retried['id']}"
     # A second sweep finds nothing stuck.
     assert sweep_stuck_orders(_ctx(runtime, None)) == 0
+
+
+def _attempts(runtime: Runtime, order_id: str) -> list[tuple[int, str, str | None]]:
+    with runtime.db.read() as session:
+        rows = session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.order_id == uuid.UUID(order_id))
+            .order_by(PaymentAttempt.attempt)
+        ).all()
+    return [(a.attempt, a.reference, a.outcome) for a in rows]
+
+
+def _jobs(runtime: Runtime, name: str) -> list[Any]:
+    from opsline.platform.engine.models import Job
+
+    with runtime.db.read() as session:
+        return list(session.scalars(select(Job).where(Job.name == name)))
+
+
+def test_a_slow_attempt_and_the_sweepers_retry_get_one_answer(shop: Shop, runtime: Runtime) -> None:
+    """A worker stalls mid-charge; the sweeper retries the order; both charges
+    then go out under one reference, so the gateway answers both alike and the
+    later answer cannot undo the first (no FAILED order after a charge)."""
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 1)]).json()
+    order_id = uuid.UUID(order["id"])
+    tenant_id = shop.owner.tenant_id
+    ctx = _ctx(runtime, tenant_id)
+    slow = _start_processing(ctx, tenant_id, order_id, wait=True)
+    assert slow is not None
+    _stick(runtime, order["id"], attempt=1)
+    assert sweep_stuck_orders(_ctx(runtime, None)) == 1
+    retry = _start_processing(ctx, tenant_id, order_id, wait=True)
+    assert retry is not None and retry[0].payment_attempt == 2
+    assert retry[1] == slow[1] == f"order-{order_id}"
+    gateway = gateway_for(runtime.settings)
+    answers = [
+        gateway.charge(reference=reference, amount=row.total, currency=row.currency)
+        for row, reference in (retry, slow)
+    ]
+    assert answers[0] == answers[1]
+    outcome = answers[0].outcome
+    first = _finish(ctx, tenant_id, order_id, 2, retry[1], answers[0], wait=True)
+    late = _finish(ctx, tenant_id, order_id, 1, slow[1], answers[1], wait=True)
+    expected = "paid" if outcome is ChargeOutcome.SUCCEEDED else "failed"
+    assert (first, late) == (expected, "already settled")
+    assert _order(runtime, order["id"]).status == expected.upper()
+    assert _attempts(runtime, order["id"]) == [
+        (1, f"order-{order_id}", outcome.value),
+        (2, f"order-{order_id}", outcome.value),
+    ]
+    assert _jobs(runtime, "orders.refund_payment") == []
+
+
+def test_a_charge_that_comes_through_after_the_order_failed_is_refunded_once(
+    shop: Shop, runtime: Runtime
+) -> None:
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 2)]).json()
+    order_id = uuid.UUID(order["id"])
+    tenant_id = shop.owner.tenant_id
+    ctx = _ctx(runtime, tenant_id)
+    stalled = _start_processing(ctx, tenant_id, order_id, wait=True)
+    assert stalled is not None
+    # The sweeper gives up on the order: FAILED, stock back.
+    _stick(runtime, order["id"], attempt=runtime.settings.order_payment_max_attempts)
+    assert sweep_stuck_orders(_ctx(runtime, None)) == 1
+    assert _order(runtime, order["id"]).status == "FAILED"
+    assert shop.stock(product["id"]) == 3
+    # Then the stalled worker's charge comes back: the money was taken.
+    charged = ChargeResult(ChargeOutcome.SUCCEEDED, "charged")
+    attempt = stalled[0].payment_attempt
+    assert _finish(ctx, tenant_id, order_id, attempt, stalled[1], charged, wait=True) == (
+        "refund due"
+    )
+    [refund] = _jobs(runtime, "orders.refund_payment")
+    assert refund.args == {"order_id": str(order_id)}
+    assert refund_payment(ctx, order_id=order_id) == "refunded"
+    assert refund_payment(ctx, order_id=order_id) == "already refunded"
+    assert [outcome for _, _, outcome in _attempts(runtime, order["id"])] == ["refunded"]
+    assert _events(runtime, "orders.payment_refunded") == 1
+    assert _events(runtime, "orders.order_paid") == 0
+    assert _order(runtime, order["id"]).status == "FAILED"
+    assert shop.stock(product["id"]) == 3  # released once, by the sweeper
+
+
+def test_a_refund_is_only_for_a_failed_order(shop: Shop, runtime: Runtime) -> None:
+    product = shop.product(stock=3)
+    order = shop.order([(product["id"], 1)]).json()
+    ctx = _ctx(runtime, shop.owner.tenant_id)
+    assert refund_payment(ctx, order_id=uuid.UUID(order["id"])) == "nothing to refund"
+    assert capture_payment(ctx, order_id=order["id"]) == "paid"
+    assert refund_payment(ctx, order_id=uuid.UUID(order["id"])) == "nothing to refund"
+    assert _events(runtime, "orders.payment_refunded") == 0
 
 
 def test_placing_an_order_enqueues_its_payment_in_the_same_transaction(

@@ -101,10 +101,11 @@ class Checkout(RuleBasedStateMachine):
         claimed = _start_processing(job, self.ctx.tenant_id, order_id, wait=True)
         if claimed is None:
             return
+        order, reference = claimed
         outcome = ChargeOutcome.SUCCEEDED if approve else ChargeOutcome.DECLINED
-        _finish(
-            job, self.ctx.tenant_id, order_id, claimed[1], ChargeResult(outcome, "prop"), wait=True
-        )
+        result = ChargeResult(outcome, "prop")
+        attempt = order.payment_attempt
+        _finish(job, self.ctx.tenant_id, order_id, attempt, reference, result, wait=True)
 
     @rule(delta=st.integers(1, 4))
     def restock(self, delta: int) -> None:

@@ -27,6 +27,17 @@ class OrderPaid(Event):
     payment_reference: str
 
 
+class PaymentRefunded(Event):
+    """A charge given back: it came through after its order had failed."""
+
+    event_type: ClassVar[str] = "orders.payment_refunded"
+    order_id: uuid.UUID
+    user_id: uuid.UUID | None
+    total: Decimal
+    currency: str
+    payment_reference: str
+
+
 class OrderFailed(Event):
     event_type: ClassVar[str] = "orders.order_failed"
     order_id: uuid.UUID

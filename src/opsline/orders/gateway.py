@@ -2,8 +2,10 @@
 
 A gateway charges an amount under a *reference*: the same reference charged
 twice is one charge (the gateway's idempotency key), so a redelivered payment
-job never charges twice. The simulated gateway decides each reference's fate
-from a seeded hash, so every process, and every retry, sees the same outcome.
+job never charges twice, and a charge asked again is answered as it was the
+first time. A charge that turns out to be owed back is refunded under the same
+reference. The simulated gateway decides each reference's fate from a seeded
+hash, so every process, and every retry, sees the same outcome.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import enum
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opsline.settings import Settings
 
@@ -36,6 +39,13 @@ class GatewayUnavailable(Exception):
 
 class PaymentGateway(Protocol):
     def charge(self, *, reference: str, amount: Decimal, currency: str) -> ChargeResult: ...
+
+    def refund(self, *, reference: str, amount: Decimal, currency: str) -> None:
+        """Give back the charge made under ``reference``; refunding twice is one refund."""
+        ...
+
+
+T = TypeVar("T")
 
 
 class SimulatedGateway:
@@ -65,6 +75,10 @@ class SimulatedGateway:
             return ChargeResult(ChargeOutcome.SUCCEEDED, f"charged {amount} {currency}")
         return ChargeResult(ChargeOutcome.DECLINED, "card declined (simulated)")
 
+    def refund(self, *, reference: str, amount: Decimal, currency: str) -> None:
+        low, high = self.latency_ms
+        time.sleep((low + (high - low) * self._draw(reference, "refund")) / 1000)
+
 
 class CircuitOpen(GatewayUnavailable):
     pass
@@ -73,8 +87,9 @@ class CircuitOpen(GatewayUnavailable):
 class CircuitBreaker:
     """Fail fast after ``threshold`` consecutive transient failures, for ``reset_after`` s.
 
-    Then one trial call is let through (half-open): success closes the circuit,
-    failure opens it again. Declines are answers, not failures.
+    Then one trial call is let through (half-open) while the others still fail
+    fast: its success closes the circuit, its failure opens it again. Declines
+    are answers, not failures.
     """
 
     def __init__(self, gateway: PaymentGateway, *, threshold: int = 5, reset_after: float = 30):
@@ -83,12 +98,13 @@ class CircuitBreaker:
         self.reset_after = reset_after
         self._failures = 0
         self._opened_at: float | None = None
+        self._trial = False
         self._lock = threading.Lock()
 
     @property
     def is_open(self) -> bool:
         with self._lock:
-            return self._opened_at is not None and not self._half_open()
+            return self._opened_at is not None and (self._trial or not self._half_open())
 
     def _half_open(self) -> bool:
         return (
@@ -96,20 +112,38 @@ class CircuitBreaker:
         )
 
     def charge(self, *, reference: str, amount: Decimal, currency: str) -> ChargeResult:
+        return self._call(
+            lambda: self.gateway.charge(reference=reference, amount=amount, currency=currency)
+        )
+
+    def refund(self, *, reference: str, amount: Decimal, currency: str) -> None:
+        self._call(
+            lambda: self.gateway.refund(reference=reference, amount=amount, currency=currency)
+        )
+
+    def _call(self, call: Callable[[], T]) -> T:
         with self._lock:
-            if self._opened_at is not None and not self._half_open():
-                raise CircuitOpen("payment gateway circuit is open; retry later")
+            if self._opened_at is not None:
+                if self._trial or not self._half_open():
+                    raise CircuitOpen("payment gateway circuit is open; retry later")
+                self._trial = True
         try:
-            result = self.gateway.charge(reference=reference, amount=amount, currency=currency)
+            result = call()
         except GatewayUnavailable:
             with self._lock:
+                self._trial = False
                 self._failures += 1
                 if self._failures >= self.threshold or self._opened_at is not None:
                     self._opened_at = time.monotonic()
             raise
+        except BaseException:
+            with self._lock:
+                self._trial = False  # not the gateway's failure: the next call tries again
+            raise
         with self._lock:
             self._failures = 0
             self._opened_at = None
+            self._trial = False
         return result
 
 

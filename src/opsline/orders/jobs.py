@@ -1,9 +1,13 @@
 """Jobs of the orders capability: the payment worker and the stuck-order sweeper.
 
 Delivery is at least once, so each job reloads the order and acts only through
-guarded transitions: a duplicated or redelivered ``capture_payment`` charges
-once per order attempt (the attempt's reference is the gateway's idempotency
-key) and makes one transition and one event.
+guarded transitions: a duplicated or redelivered ``capture_payment`` makes one
+charge attempt per order attempt, one transition and one event. Every attempt
+of an order charges under the order's one reference, the gateway's idempotency
+key: a sweep's retry asks again for the charge a dead worker may have made, and
+the gateway answers it as it did the first time rather than charging twice. A
+charge that comes through for an order that has meanwhile failed (the sweeper
+gave up on it) is refunded by ``refund_payment``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from opsline.db import UnitOfWork, new_id, utcnow
 from opsline.orders import _stock
 from opsline.orders._state import NEXT_PAYMENT_ATTEMPT, OrderStatus, transition
-from opsline.orders.events import OrderFailed, OrderPaid
+from opsline.orders.events import OrderFailed, OrderPaid, PaymentRefunded
 from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
 from opsline.orders.models import Order, attempts_table, orders_table
 from opsline.platform.engine.context import JobContext
@@ -31,8 +35,9 @@ from opsline.platform.engine.scheduler import periodic
 log = structlog.get_logger(__name__)
 
 
-def reference_for(order_id: uuid.UUID, attempt: int) -> str:
-    return f"order-{order_id}-{attempt}"
+def reference_for(order_id: uuid.UUID) -> str:
+    """The gateway's idempotency key for the order's payment, the same in every attempt."""
+    return f"order-{order_id}"
 
 
 @job(
@@ -50,7 +55,8 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
     order stays PROCESSING and the retry charges under the same reference.
     ``attempt`` only keys uniqueness: the sweeper's retry of a stuck order is a
     new job even while the dead worker's job still holds its lease; both then
-    charge under the order's current reference, which the gateway dedupes.
+    charge under the order's reference, which the gateway dedupes, and get the
+    same answer, so whichever finishes first settles the order.
     """
     tenant_id = ctx.tenant_id
     assert tenant_id is not None, "orders.capture_payment runs for a tenant"
@@ -62,7 +68,10 @@ def capture_payment(ctx: JobContext, order_id: uuid.UUID, attempt: int = 1) -> s
     result = gateway_for(ctx.settings).charge(
         reference=reference, amount=order.total, currency=order.currency
     )
-    return ctx.short_unit(lambda wait: _finish(ctx, tenant_id, order_id, reference, result, wait))
+    attempt = order.payment_attempt
+    return ctx.short_unit(
+        lambda wait: _finish(ctx, tenant_id, order_id, attempt, reference, result, wait)
+    )
 
 
 _O = orders_table.c
@@ -77,12 +86,16 @@ _ATTEMPT_COLUMNS = ("id", "tenant_id", "order_id", "attempt", "reference", "crea
 _RECORD_ATTEMPT = {
     name: factory(attempts_table)
     .values({c: bindparam(c, type_=_A[c].type) for c in _ATTEMPT_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
+    .on_conflict_do_nothing(index_elements=["tenant_id", "order_id", "attempt"])
     for name, factory in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
 _ATTEMPT_OUTCOME = (
     update(attempts_table)
-    .where(_A.tenant_id == bindparam("b_tenant_id"), _A.reference == bindparam("b_reference"))
+    .where(
+        _A.tenant_id == bindparam("b_tenant_id"),
+        _A.order_id == bindparam("b_order_id"),
+        _A.attempt == bindparam("b_attempt"),
+    )
     .values({c: bindparam(c, type_=_A[c].type) for c in ("outcome", "detail", "finished_at")})
 )
 
@@ -107,7 +120,7 @@ def _start_processing(
             ).first()
             if order is None or order.status != OrderStatus.PROCESSING.value:
                 return None  # cancelled, finished, or gone: nothing to charge
-        reference = reference_for(order_id, order.payment_attempt)
+        reference = reference_for(order_id)
         _record_attempt(uow, order, reference)
         return order, reference
 
@@ -128,6 +141,7 @@ def _finish(
     ctx: JobContext,
     tenant_id: uuid.UUID,
     order_id: uuid.UUID,
+    attempt: int,
     reference: str,
     result: ChargeResult,
     wait: bool,
@@ -138,15 +152,25 @@ def _finish(
             _ATTEMPT_OUTCOME,
             {
                 "b_tenant_id": tenant_id,
-                "b_reference": reference,
+                "b_order_id": order_id,
+                "b_attempt": attempt,
                 "outcome": result.outcome.value,
                 "detail": result.detail,
                 "finished_at": utcnow(),
             },
         )
-        if paid:
-            return _mark_paid(uow, tenant_id, order_id, reference)
-        return _mark_failed(uow, tenant_id, order_id, result.detail)
+        if not paid:
+            return _mark_failed(uow, tenant_id, order_id, result.detail)
+        settled = _mark_paid(uow, tenant_id, order_id, reference)
+        if settled == "paid":
+            return settled
+        order = uow.connection.execute(_ORDER, {"order_id": order_id, "tenant_id": tenant_id})
+        if order.one().status == OrderStatus.FAILED.value:
+            # The money came through after the sweeper gave up on the order and
+            # released its stock: it is owed back (durably: a job of its own).
+            refund_payment.enqueue(uow, tenant_id=tenant_id, order_id=order_id)
+            return "refund due"
+        return settled  # PAID already, under this same reference: one charge
 
 
 def _mark_paid(uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, reference: str) -> str:
@@ -195,14 +219,73 @@ def _mark_failed(uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, rea
     return "failed"
 
 
+_REFUNDED = (
+    update(attempts_table)
+    .where(
+        _A.tenant_id == bindparam("b_tenant_id"),
+        _A.order_id == bindparam("b_order_id"),
+        _A.outcome == ChargeOutcome.SUCCEEDED.value,
+    )
+    .values(outcome="refunded", detail=bindparam("detail"), finished_at=bindparam("finished_at"))
+)
+
+
+@job(
+    "orders.refund_payment",
+    queue="high",
+    max_attempts=20,
+    timeout=60,
+    retry=RetryPolicy(base=5.0, cap=600.0),
+    unique=["order_id"],
+)
+def refund_payment(ctx: JobContext, order_id: uuid.UUID) -> str:
+    """Give back a FAILED order's charge: the gateway refunds under the order's
+    reference (twice is once), and its attempts turn ``refunded`` with one event."""
+    tenant_id = ctx.tenant_id
+    assert tenant_id is not None, "orders.refund_payment runs for a tenant"
+    with ctx.db.read() as session:
+        order: Any = session.execute(_ORDER, {"order_id": order_id, "tenant_id": tenant_id}).first()
+    if order is None or order.status != OrderStatus.FAILED.value:
+        return "nothing to refund"
+    reference = reference_for(order_id)
+    gateway_for(ctx.settings).refund(
+        reference=reference, amount=order.total, currency=order.currency
+    )
+    with ctx.unit_of_work() as uow:
+        refunded = uow.execute(
+            _REFUNDED,
+            {
+                "b_tenant_id": tenant_id,
+                "b_order_id": order_id,
+                "detail": f"refunded {order.total} {order.currency}: the order had failed",
+                "finished_at": utcnow(),
+            },
+        )
+        if refunded.rowcount == 0:
+            return "already refunded"
+        publish(
+            uow,
+            PaymentRefunded(
+                tenant_id=tenant_id,
+                order_id=order_id,
+                user_id=order.user_id,
+                total=order.total,
+                currency=order.currency,
+                payment_reference=reference,
+            ),
+        )
+    return "refunded"
+
+
 @periodic("* * * * *")
 @job("orders.sweep_stuck_orders", queue="default", max_attempts=3)
 def sweep_stuck_orders(ctx: JobContext) -> int:
     """Resolve orders left PROCESSING past the timeout (their worker died, say).
 
     An order with payment attempts left gets its payment job again (unique per
-    order, so never twice at once); one out of attempts is FAILED with its stock
-    released. Returns how many orders were resolved.
+    order and attempt), which asks the gateway again under the same reference;
+    one out of attempts is FAILED with its stock released (a charge that still
+    comes through later is refunded). Returns how many orders were resolved.
     """
     settings = ctx.settings
     cutoff = utcnow() - timedelta(seconds=settings.order_processing_timeout_s)

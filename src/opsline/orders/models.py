@@ -98,10 +98,11 @@ class OrderLine(Base):
 
 
 class PaymentAttempt(Base):
-    """One charge attempt per order attempt; its reference is the gateway's idempotency key."""
+    """One charge attempt per order attempt, all under the order's one reference (the
+    gateway's idempotency key); ``outcome`` is succeeded, declined or refunded."""
 
     __tablename__ = "payment_attempts"
-    __table_args__ = (UniqueConstraint("tenant_id", "reference"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "order_id", "attempt"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(index=True)
