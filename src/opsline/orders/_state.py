@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 from opsline.db import UnitOfWork, utcnow, values_insert
 from opsline.orders._live import channels, push_after_commit, status_message
-from opsline.orders.errors import InvalidTransition, OrderNotFound
+from opsline.orders.errors import InvalidTransition
 from opsline.orders.models import changes_table, orders_table
 from opsline.platform.engine.changes import notified_in_statements
 from opsline.platform.realtime.pubsub import PG_CHANNEL, spliced_payload
@@ -193,27 +193,3 @@ def transition(
     else:
         record_status(uow, row, target)
     return row
-
-
-def require(
-    uow: UnitOfWork,
-    *,
-    tenant_id: uuid.UUID,
-    order_id: uuid.UUID,
-    source: OrderStatus,
-    target: OrderStatus,
-    **values: Any,
-) -> Row[Any]:
-    """Like :func:`transition`, but a refused transition is a 409 naming the current state."""
-    row = transition(
-        uow, tenant_id=tenant_id, order_id=order_id, source=source, target=target, **values
-    )
-    if row is not None:
-        return row
-    cols = orders_table.c
-    current = uow.session.scalar(
-        select(cols.status).where(cols.id == order_id, cols.tenant_id == tenant_id)
-    )
-    if current is None:
-        raise OrderNotFound(f"order {order_id} not found")
-    raise InvalidTransition(f"order is {current}; it cannot go to {target}", current_status=current)

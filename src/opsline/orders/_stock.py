@@ -3,7 +3,8 @@
 Decrements run in product-id order so that two orders over the same products
 always lock them in the same order (no deadlock on PostgreSQL), and each is
 ``stock = stock - q WHERE stock >= q``: stock can never go negative, whatever
-the concurrency, and the CHECK constraint backs that up.
+the concurrency, and the CHECK constraint backs that up. Only a product still
+on sale is taken: one archived after the order read it is refused, not sold.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, select, update
 
 from opsline.db import UnitOfWork, utcnow
-from opsline.orders.errors import InsufficientStock
+from opsline.orders.errors import InsufficientStock, InvalidOrder
 from opsline.orders.models import Product, lines_table, products_table
 
 P = products_table.c
@@ -26,6 +27,8 @@ _TAKE = (
         P.id == bindparam("b_id"),
         P.tenant_id == bindparam("b_tenant_id"),
         P.stock >= bindparam("b_quantity"),
+        P.archived_at.is_(None),
+        P.deleted_at.is_(None),
     )
     .values(stock=P.stock - bindparam("b_quantity"), updated_at=bindparam("b_now"))
     .returning(P.id)
@@ -39,7 +42,8 @@ def take(
     *,
     now: datetime | None = None,
 ) -> None:
-    """Decrement every product or none; raises InsufficientStock naming each short product.
+    """Decrement every product or none; raises InsufficientStock naming each short
+    product, or InvalidOrder naming any archived meanwhile.
 
     Each decrement must change its row, else the unit of work is rolled back
     and the shortage is reported from the stock then left. One product's
@@ -66,13 +70,21 @@ def take(
 
 def _shortage(
     uow: UnitOfWork, tenant_id: uuid.UUID, quantities: Mapping[uuid.UUID, int]
-) -> InsufficientStock:
+) -> InsufficientStock | InvalidOrder:
     # Called with the unit rolled back: what is in stock is what is available.
     rows = uow.lookup(
         select(Product.id, Product.sku, Product.stock).where(
-            Product.tenant_id == tenant_id, Product.id.in_(list(quantities))
+            Product.tenant_id == tenant_id,
+            Product.id.in_(list(quantities)),
+            Product.archived_at.is_(None),
+            Product.deleted_at.is_(None),
         )
     ).all()
+    gone = sorted(str(pid) for pid in set(quantities) - {row.id for row in rows})
+    if gone:
+        return InvalidOrder(
+            f"unknown or archived products: {', '.join(gone)}", unknown_products=gone
+        )
     short = [
         {
             "product_id": str(product_id),

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from opsline.db import UnitOfWork, new_id, utcnow, values_insert
 from opsline.orders import _stock
-from opsline.orders._state import OrderStatus, record_status, require
+from opsline.orders._state import OrderStatus, record_status, transition
 from opsline.orders.errors import (
     InvalidOrder,
+    InvalidTransition,
     OrderNotFound,
     ProductNotFound,
     SkuTaken,
@@ -436,7 +437,7 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
             raise OrderNotFound(f"order {order_id} not found")
         if order.status == OrderStatus.CANCELLED.value:
             return OrderOut.model_validate(order), False
-        cancelled = require(
+        cancelled = transition(
             uow,
             tenant_id=ctx.tenant_id,
             order_id=order_id,
@@ -445,6 +446,16 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
             cancelled_at=utcnow(),
             failure_reason=reason,
         )
+        if cancelled is None:
+            # Moved since it was read (on PostgreSQL a concurrent cancel, say):
+            # what it is now decides, as if it had been read now.
+            uow.session.refresh(order)
+            if order.status == OrderStatus.CANCELLED.value:
+                return OrderOut.model_validate(order), False
+            raise InvalidTransition(
+                f"order is {order.status}; it cannot go to {OrderStatus.CANCELLED}",
+                current_status=order.status,
+            )
         # The winning transition is the only one that restores stock.
         _stock.give_back(uow.connection, ctx.tenant_id, order_id)
         publish(
