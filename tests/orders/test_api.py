@@ -7,6 +7,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -175,6 +176,31 @@ def test_same_key_different_body_is_422(shop: Shop) -> None:
     response = shop.order([(product["id"], 2)], key="k1")
     assert_problem(response, 422)
     assert shop.stock(product["id"]) == 4
+
+
+def test_a_key_past_its_24_hours_is_free_for_a_new_order(shop: Shop, runtime: Runtime) -> None:
+    from opsline.db import utcnow
+    from opsline.platform.idempotency.models import IdempotencyKey
+
+    product = shop.product(stock=5)
+    first = shop.order([(product["id"], 1)], key="day-old")
+    assert first.status_code == 201
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == "day-old")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    # Not yet purged, but expired: neither a replay nor a 422 for another body.
+    again = shop.order([(product["id"], 2)], key="day-old")
+    assert again.status_code == 201, again.text
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["id"] != first.json()["id"]
+    assert shop.stock(product["id"]) == 2
+    # The key is claimed afresh: the new order is what it replays now.
+    replayed = shop.order([(product["id"], 2)], key="day-old")
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json()["id"] == again.json()["id"]
 
 
 def test_a_refused_order_is_replayed_as_refused(shop: Shop) -> None:

@@ -15,6 +15,10 @@ constraint decides which of two concurrent requests with one key commits:
 
 A refused use case (a 409 for lack of stock, say) stores its problem response
 too: its work is rolled back, then the key is written with the problem.
+
+A key lives 24 hours. Past them it is free for a new request even before the
+hourly purge deletes it: the request that finds it expired deletes it and
+claims the key afresh.
 """
 
 from __future__ import annotations
@@ -112,14 +116,19 @@ def run_idempotent(
     if key is None:
         with ctx.db.unit_of_work(wait=wait) as uow:
             return Outcome(status, action(uow), replayed=False)
-    try:
-        return _first_run(ctx, key, request_fingerprint, status, action, wait)
-    except IntegrityError:
-        # The key exists: a request that committed first (or meanwhile) owns it.
-        stored = _stored(ctx, key)
+    for _ in range(2):
+        try:
+            return _first_run(ctx, key, request_fingerprint, status, action, wait)
+        except IntegrityError:
+            # The key exists: a request that committed first (or meanwhile) owns it.
+            stored = _stored(ctx, key)
         if stored is None:
-            raise KeyInFlight("a request with this Idempotency-Key is in progress") from None
-        return _replay(stored, request_fingerprint)
+            raise KeyInFlight("a request with this Idempotency-Key is in progress")
+        if stored.expires_at > utcnow():
+            return _replay(stored, request_fingerprint)
+        _forget(ctx, stored, wait)  # past its 24 h: the key is free again
+    # Expired, forgotten, and claimed by another request meanwhile: that one's.
+    raise KeyInFlight("a request with this Idempotency-Key is in progress")
 
 
 def _first_run(
@@ -199,6 +208,11 @@ def _stored(ctx: Context, key: str) -> IdempotencyKey | None:
                 K.tenant_id == ctx.tenant_id, K.principal == ctx.principal.subject, K.key == key
             )
         ).first()
+
+
+def _forget(ctx: Context, stored: IdempotencyKey, wait: bool) -> None:
+    with ctx.db.unit_of_work(wait=wait) as uow:
+        uow.session.execute(delete(K).where(K.id == stored.id, K.expires_at <= utcnow()))
 
 
 def _replay(stored: IdempotencyKey, request_fingerprint: str) -> Outcome:
