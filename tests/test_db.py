@@ -85,3 +85,16 @@ def test_new_ids_are_uuid7_in_time_order_and_unique() -> None:
     # The 74 bits after the version and variant are random (not all zero or all equal).
     assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)
     assert len({(i.int >> 64) & 0xFFF for i in ids}) > 1000
+
+
+def test_a_failed_statements_error_does_not_carry_its_values(db: Database) -> None:
+    """Errors are logged; the values bound to a statement can be secrets."""
+    from sqlalchemy.exc import StatementError
+
+    with pytest.raises(StatementError) as failed:
+        with db.unit_of_work() as uow:
+            uow.connection.execute(
+                text("SELECT n FROM no_such_table WHERE n = :n"), {"n": "hash-of-a-secret"}
+            )
+    assert "no_such_table" in str(failed.value)
+    assert "hash-of-a-secret" not in str(failed.value)

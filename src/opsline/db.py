@@ -946,6 +946,9 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size * 2,
+            # A failed statement's error names its statement but not its values:
+            # they can be password hashes, tokens' digests, customers' data.
+            hide_parameters=True,
         )
         _configure_sqlite(engine, settings.sqlite_synchronous, settings.sqlite_wal_autocheckpoint)
         return engine
@@ -982,6 +985,7 @@ def _pool_options(settings: Settings) -> dict[str, Any]:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_pool_size,
         "pool_recycle": 1800,
+        "hide_parameters": True,
     }
 
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from opsline.platform.locks import LockBusy, RedisLocks
+from opsline.platform.locks import LockBusy, LocksUnavailable, RedisLocks
 from opsline.settings import Settings, SettingsError, load_settings
 from tests.helpers import assert_problem
 from tests.orders.conftest import Shop
@@ -51,6 +51,19 @@ def _hold_briefly(locks: RedisLocks, key: str, holding: threading.Event) -> None
     with locks.hold([key]):
         holding.set()
         time.sleep(0.3)
+
+
+def test_redis_unreachable_is_a_503_before_any_work() -> None:
+    # Nothing listens on port 1 of loopback: connection refused at once.
+    locks = RedisLocks("redis://127.0.0.1:1/0", wait_ms=50)
+    ran = False
+    try:
+        with pytest.raises(LocksUnavailable) as refused, locks.hold(["test:lock:a"]):
+            ran = True
+    finally:
+        locks.close()
+    assert not ran
+    assert refused.value.status == 503 and "retry" in refused.value.detail
 
 
 def test_lock_layer_without_redis_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:

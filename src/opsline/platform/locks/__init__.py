@@ -5,7 +5,8 @@ one Lua script, so a holder whose lock expired never deletes a successor's.
 Acquisition retries with jittered backoff until a deadline, then gives up with
 a 409. Correctness must never depend on these locks (the database's
 conditional updates and constraints are the truth); they only keep contending
-requests from doing work that would be refused anyway.
+requests from doing work that would be refused anyway. Redis unreachable is a
+503 before any work; a release that fails leaves the lock to its expiry.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
+import structlog
 
-from opsline.platform.http.problems import Conflict
+from opsline.platform.http.problems import Conflict, ServiceUnavailable
+
+log = structlog.get_logger(__name__)
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -31,6 +35,11 @@ return 0
 class LockBusy(Conflict):
     type_slug = "lock-busy"
     title = "Resource busy"
+
+
+class LocksUnavailable(ServiceUnavailable):
+    type_slug = "locks-unavailable"
+    title = "Lock service unavailable"
 
 
 class RedisLocks:
@@ -47,12 +56,21 @@ class RedisLocks:
         taken: list[str] = []
         try:
             for key in sorted(set(keys)):
-                self._acquire(key, token)
+                try:
+                    self._acquire(key, token)
+                except redis.RedisError as exc:
+                    log.warning("lock_unavailable", error=type(exc).__name__)
+                    raise LocksUnavailable(
+                        "the lock service is unreachable; retry shortly"
+                    ) from exc
                 taken.append(key)
             yield
         finally:
             for key in reversed(taken):
-                self._release(keys=[key], args=[token])
+                try:
+                    self._release(keys=[key], args=[token])
+                except redis.RedisError as exc:  # it expires after ttl_ms
+                    log.warning("lock_release_failed", error=type(exc).__name__)
 
     def _acquire(self, key: str, token: str) -> None:
         deadline = time.monotonic() + self.wait_ms / 1000
