@@ -397,7 +397,7 @@ def measure_queue(
 SERVER_COMMANDS = frozenset({"beam.smp", "postgres", "redis-server", "erl_child_setup"})
 
 
-def _host_busy_s() -> float:
+def host_busy_s() -> float:
     """CPU seconds all cores spent busy since boot (``/proc/stat``)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
@@ -405,7 +405,7 @@ def _host_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _servers_busy_s() -> float:
+def services_busy_s() -> float:
     """CPU seconds used so far by the brokers and databases (whoever their clients are)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -444,14 +444,14 @@ def other_load() -> Iterator[dict[str, float]]:
     """
     out: dict[str, float] = {}
     try:
-        start = (time.monotonic(), _host_busy_s(), _servers_busy_s(), _own_busy_s())
+        start = (time.monotonic(), host_busy_s(), services_busy_s(), _own_busy_s())
     except OSError:  # no /proc: say nothing
         yield out
         return
     yield out
     wall = time.monotonic() - start[0]
-    host = _host_busy_s() - start[1]
-    servers = _servers_busy_s() - start[2]
+    host = host_busy_s() - start[1]
+    servers = services_busy_s() - start[2]
     own = _own_busy_s() - start[3]
     if wall > 0:
         other = max(0.0, host - servers - own)

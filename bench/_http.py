@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import psycopg
+from bench._harness import host_busy_s, services_busy_s
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get(
@@ -110,11 +111,14 @@ def wrk(
     switches per request (all its threads, from /proc): steadier than the rate
     on a noisy machine, and where a thread-pool hop shows. ``helpers`` are
     processes working for the server (a worker process): their CPU per request
-    over the same window is ``helper_cpu_ms_per_request``.
+    over the same window is ``helper_cpu_ms_per_request``. The databases' and
+    brokers' CPU per request is ``services_cpu_ms_per_request``; how busy the
+    whole machine was, every process on every core, ``host_busy_pct``.
     """
     url = target.url
     cpu_before, switches_before = _usage(target.pid)
     helpers_before = sum(_usage(pid)[0] for pid in helpers)
+    started, host_before, services_before = time.monotonic(), host_busy_s(), services_busy_s()
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -146,6 +150,8 @@ def wrk(
         ).stdout
     cpu_after, switches_after = _usage(target.pid)
     helpers_after = sum(_usage(pid)[0] for pid in helpers)
+    wall = time.monotonic() - started
+    host, services = host_busy_s() - host_before, services_busy_s() - services_before
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds_run = raw["duration_us"] / 1e6
@@ -159,6 +165,8 @@ def wrk(
         "socket_errors": raw["socket_errors"],
         "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / requests, 2),
         "server_switches_per_request": round((switches_after - switches_before) / requests, 1),
+        "services_cpu_ms_per_request": round(1000 * services / requests, 2),
+        "host_busy_pct": round(100 * host / (wall * (os.cpu_count() or 1)), 1),
     }
     if helpers:
         result["helper_cpu_ms_per_request"] = round(

@@ -402,8 +402,20 @@ def run_backend(
 def _ratios(result: dict[str, Any]) -> None:
     for figures in result["clients"].values():
         raw = figures["raw_update_per_s"]
-        figures["ratio_hot_to_raw_update"] = (
-            round(figures["orders"]["hot"]["per_s"] / raw, 3) if raw else None
+        hot = figures["orders"]["hot"]
+        figures["ratio_hot_to_raw_update"] = round(hot["per_s"] / raw, 3) if raw else None
+        # What the cores could serve at the CPU one hot order costs the server, its
+        # workers and the database (wrk's own share left out, so an upper bound).
+        cost_ms = sum(
+            hot.get(key, 0.0)
+            for key in (
+                "server_cpu_ms_per_request",
+                "helper_cpu_ms_per_request",
+                "services_cpu_ms_per_request",
+            )
+        )
+        figures["hot_cpu_ceiling_per_s"] = (
+            round(1000 * (os.cpu_count() or 1) / cost_ms) if cost_ms else None
         )
         if "orders_with_redis_lock" in figures:
             locked = figures["orders_with_redis_lock"]["hot"]["per_s"]
