@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -30,6 +29,7 @@ from opsline.orders.schemas import (
 from opsline.platform.context import Context
 from opsline.platform.http.db_work import run_write
 from opsline.platform.http.deps import PendingContext, PendingPermission, RequirePermission
+from opsline.platform.http.inputs import UtcDatetime, check_window
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.routing import Route
 from opsline.platform.idempotency.service import check_key
@@ -153,10 +153,15 @@ def list_orders(
     created_by: Annotated[
         str | None, Query(max_length=80, description="user:<id> or apikey:<id>")
     ] = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: Annotated[
+        UtcDatetime | None, Query(description="From this time on (with an offset, e.g. Z)")
+    ] = None,
+    created_to: Annotated[
+        UtcDatetime | None, Query(description="Before this time (exclusive; with an offset)")
+    ] = None,
 ) -> Page[OrderOut]:
     """Members see their own orders; managers and above see the tenant's."""
+    check_window(created_from, created_to, names=("created_from", "created_to"))
     return service.list_orders(
         ctx,
         cursor=page.cursor,

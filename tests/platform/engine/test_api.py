@@ -102,3 +102,41 @@ def test_event_log_is_tenant_scoped_and_filterable(
     assert {e["tenant_id"] for e in events} == {str(a.tenant_id)}
     none = app_client.get("/api/v1/events?type=other.type", headers=a.headers).json()
     assert none["items"] == []
+
+
+def _cursor(values: list[object]) -> str:
+    import base64
+    import json
+
+    raw = json.dumps(values, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_bad_event_log_times_and_windows_are_422(app_client: TestClient) -> None:
+    a = signup(app_client)
+    for name in ("since", "until"):
+        for moment in ("2024-01-01T00:00:00", "9999-12-31T23:59:59-14:00"):
+            response = app_client.get("/api/v1/events", params={name: moment}, headers=a.headers)
+            body = assert_problem(response, 422)
+            assert [e["loc"] for e in body["errors"]] == [["query", name]]
+    window = {"since": "2024-01-02T00:00:00Z", "until": "2024-01-01T00:00:00Z"}
+    body = assert_problem(app_client.get("/api/v1/events", params=window, headers=a.headers), 422)
+    assert "since" in body["detail"] and "until" in body["detail"]
+    fine = {"since": "2024-01-01T00:00:00+01:00", "until": "2024-01-01T00:00:00Z"}
+    assert app_client.get("/api/v1/events", params=fine, headers=a.headers).status_code == 200
+
+
+def test_cursors_that_cannot_bind_are_422(app_client: TestClient) -> None:
+    import uuid
+
+    a = signup(app_client)
+    naive = _cursor(["2024-01-01T00:00:00", str(uuid.uuid4())])
+    queries = [
+        ("/api/v1/events", {"cursor": naive}),
+        ("/api/v1/jobs", {"cursor": _cursor([2**63])}),
+        ("/api/v1/jobs", {"cursor": _cursor(["1"])}),
+    ]
+    for path, params in queries:
+        response = app_client.get(path, params=params, headers=a.headers)
+        body = assert_problem(response, 422)
+        assert [e["loc"] for e in body["errors"]] == [["query", next(iter(params))]], path

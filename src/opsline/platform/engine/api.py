@@ -7,7 +7,7 @@ tenant's id answers 404 like a missing one.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -20,6 +20,7 @@ from opsline.platform.engine import service
 from opsline.platform.engine.schemas import BatchOut, CountOut, EventOut, JobDetail, JobOut
 from opsline.platform.engine.service import Scope
 from opsline.platform.http.deps import RequirePermission
+from opsline.platform.http.inputs import UtcDatetime, check_window
 from opsline.platform.http.pagination import Page, PageDep, PageParams
 from opsline.platform.http.routing import Route
 
@@ -39,8 +40,8 @@ class JobFilters(PageParams):
 
 class EventFilters(PageParams):
     type: str | None = Field(default=None, max_length=200)
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDatetime | None = Field(default=None, description="From this time on (with offset)")
+    until: UtcDatetime | None = Field(default=None, description="Before this time (exclusive)")
 
 
 @router.get("/jobs", response_model=Page[JobOut], summary="List jobs, newest first")
@@ -94,6 +95,7 @@ def cancel_job(job_id: JobId, ctx: AdminCtx) -> JobOut:
 
 @router.get("/events", response_model=Page[EventOut], summary="The event log, newest first")
 def list_events(ctx: AdminCtx, filters: Annotated[EventFilters, Query()]) -> Page[EventOut]:
+    check_window(filters.since, filters.until, names=("since", "until"))
     return service.list_events(
         ctx.db,
         Scope.of(ctx),

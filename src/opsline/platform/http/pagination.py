@@ -18,6 +18,8 @@ from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Select, and_, or_
 
+from opsline.db import BIGINT_MAX
+from opsline.platform.http.inputs import to_utc
 from opsline.platform.http.problems import Unprocessable
 
 T = TypeVar("T")
@@ -60,12 +62,27 @@ def _plain(value: Any) -> Any:
 
 
 def _typed(kind: type, value: Any) -> Any:
+    """``value`` as ``kind``, or ValueError: a cursor must bind on every backend.
+
+    The cursors made here hold aware datetimes as ISO text, UUIDs as text and
+    ints within a BIGINT; anything else (a naive or out-of-range time, a number
+    where text belongs) was not made here.
+    """
     if kind is datetime:
-        return datetime.fromisoformat(value)
+        if not isinstance(value, str):
+            raise ValueError("not a time")
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError("naive time")
+        return to_utc(moment)
     if kind is UUID:
+        if not isinstance(value, str):
+            raise ValueError("not a UUID")
         return UUID(value)
     if kind is int:
-        return int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > BIGINT_MAX:
+            raise ValueError("not an integer within a BIGINT")
+        return value
     return kind(value)
 
 
