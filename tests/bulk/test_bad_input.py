@@ -68,6 +68,9 @@ BAD_PREVIEWS = [
     _where("name", "starts_with", "\x00"),
     _where("name", "in", ["ok", "\x00"]),
     {**BASE, "params": {"set": {"name": "a\x00b"}}},
+    {**BASE, "params": {"set": {"name": "two\nlines"}}},  # as the products API refuses
+    _where("name", "contains", "bell\x07"),
+    _where("sku", "eq", "tab\t"),
     {**BASE, "action": "archive", "params": {"set": {"name": "x"}}},
     {**BASE, "action": "export", "params": {"format": "csv"}},
 ]

@@ -107,3 +107,63 @@ def test_the_next_cursor_still_pages_on(shop: Shop) -> None:
     ).json()
     skus = [p["sku"] for p in first["items"] + second["items"]]
     assert sorted(skus) == ["P-0", "P-1", "P-2"] and second["next_cursor"] is None
+
+
+# -- text --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\x00", "line\nbreak", "bell\x07"])
+def test_control_characters_in_a_product_name_are_422(shop: Shop, text: str) -> None:
+    created = shop.client.post(
+        "/api/v1/products",
+        json={"sku": "S-1", "name": text, "price": "1.00"},
+        headers=shop.manager.headers,
+    )
+    body = assert_problem(created, 422)
+    assert _locs(body) == [["body", "name"]]
+    assert "control characters" in body["errors"][0]["msg"]
+    product = shop.product()
+    patched = shop.client.patch(
+        f"/api/v1/products/{product['id']}", json={"name": text}, headers=shop.manager.headers
+    )
+    assert _locs(assert_problem(patched, 422)) == [["body", "name"]]
+    listed = shop.client.get("/api/v1/products", headers=shop.manager.headers).json()
+    assert [p["name"] for p in listed["items"]] == [product["name"]]
+
+
+def test_nul_in_a_cancel_reason_is_422_and_the_order_stays_pending(shop: Shop) -> None:
+    product = shop.product(stock=5)
+    order = shop.order([(product["id"], 1)]).json()
+    url = f"/api/v1/orders/{order['id']}/cancel"
+    refused = shop.client.post(url, json={"reason": "a\x00b"}, headers=shop.member.headers)
+    body = assert_problem(refused, 422)
+    assert _locs(body) == [["body", "reason"]]
+    assert "U+0000" in body["errors"][0]["msg"]
+    assert shop.stock(product["id"]) == 4
+    # Free text keeps its tabs and line breaks.
+    cancelled = shop.client.post(
+        url, json={"reason": "wrong size\n\tand colour"}, headers=shop.member.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["failure_reason"] == "wrong size\n\tand colour"
+
+
+def test_nul_in_a_stock_adjustment_reason_is_422(shop: Shop) -> None:
+    product = shop.product(stock=5)
+    response = shop.client.post(
+        f"/api/v1/products/{product['id']}/stock-adjustments",
+        json={"delta": 1, "reason": "a\x00b"},
+        headers=shop.manager.headers,
+    )
+    assert _locs(assert_problem(response, 422)) == [["body", "reason"]]
+    assert shop.stock(product["id"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "name"), [("/api/v1/orders", "created_by"), ("/api/v1/products", "sku")]
+)
+def test_nul_in_a_list_filter_is_422(shop: Shop, path: str, name: str) -> None:
+    response = shop.client.get(f"{path}?{name}=a%00b", headers=shop.manager.headers)
+    body = assert_problem(response, 422)
+    assert _locs(body) == [["query", name]]
+    assert "control characters" in body["errors"][0]["msg"]

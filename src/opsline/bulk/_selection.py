@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, and_, false
 
 from opsline.bulk._storable import check_storable
 from opsline.bulk.errors import InvalidBulkRequest
+from opsline.platform.http.inputs import check_one_line
 from opsline.platform.resources import Field, Resource
 
 OPS = (
@@ -90,6 +91,7 @@ def _clause(field: Field, column: Any, op: str, value: Any) -> ColumnElement[boo
     if op in ("contains", "starts_with"):
         if field.kind not in ("str", "enum") or not isinstance(value, str):
             raise ValueError(f"{op} works on text fields with a text value")
+        check_one_line(value)  # ValueError: a 422 naming the condition's value
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%" if op == "contains" else f"{escaped}%"
         return column.like(pattern, escape="\\")  # type: ignore[no-any-return]

@@ -29,7 +29,7 @@ from opsline.orders.schemas import (
 from opsline.platform.context import Context
 from opsline.platform.http.db_work import run_write
 from opsline.platform.http.deps import PendingContext, PendingPermission, RequirePermission
-from opsline.platform.http.inputs import UtcDatetime, check_window
+from opsline.platform.http.inputs import OneLine, UtcDatetime, check_window
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.routing import Route
 from opsline.platform.idempotency.service import check_key
@@ -66,7 +66,7 @@ def list_products(
     ctx: ProductsRead,
     page: PageDep,
     include_archived: bool = False,
-    sku: Annotated[str | None, Query(max_length=64)] = None,
+    sku: Annotated[OneLine | None, Query(max_length=64)] = None,
 ) -> Page[ProductOut]:
     result = service.list_products(
         ctx, cursor=page.cursor, limit=page.limit, include_archived=include_archived, sku=sku
@@ -151,7 +151,7 @@ def list_orders(
     page: PageDep,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
     created_by: Annotated[
-        str | None, Query(max_length=80, description="user:<id> or apikey:<id>")
+        OneLine | None, Query(max_length=80, description="user:<id> or apikey:<id>")
     ] = None,
     created_from: Annotated[
         UtcDatetime | None, Query(description="From this time on (with an offset, e.g. Z)")

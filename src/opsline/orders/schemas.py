@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from opsline.orders._state import OrderStatus
+from opsline.platform.http.inputs import FreeText, OneLine
 
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
@@ -24,14 +25,14 @@ class Strict(BaseModel):
 
 class ProductIn(Strict):
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     price: Decimal = Field(ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     stock: int = Field(default=0, ge=0, le=1_000_000_000)
 
 
 class ProductPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: OneLine | None = Field(default=None, min_length=1, max_length=200)
     price: Decimal | None = Field(
         default=None, ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2
     )
@@ -42,7 +43,7 @@ class StockAdjustmentIn(Strict):
     delta: int = Field(
         ge=-1_000_000_000, le=1_000_000_000, description="Units to add (negative to remove)"
     )
-    reason: str = Field(min_length=1, max_length=200)
+    reason: FreeText = Field(min_length=1, max_length=200)
 
     @field_validator("delta")
     @classmethod
@@ -103,7 +104,7 @@ class OrderOut(BaseModel):
 
 
 class CancelIn(Strict):
-    reason: str | None = Field(default=None, max_length=200)
+    reason: FreeText | None = Field(default=None, max_length=200)
 
 
 class StatusChangeOut(BaseModel):

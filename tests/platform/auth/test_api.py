@@ -135,3 +135,16 @@ def test_me_without_credentials_is_401_with_challenge(app_client: TestClient) ->
     response = app_client.get("/api/v1/me")
     assert_problem(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_nul_in_a_tenant_or_api_key_name_is_422(app_client: TestClient) -> None:
+    response = app_client.post(
+        "/api/v1/auth/signup",
+        json={"email": unique_email(), "password": PASSWORD, "tenant_name": "a\x00b"},
+    )
+    body = assert_problem(response, 422)
+    assert [e["loc"] for e in body["errors"]] == [["body", "tenant_name"]]
+    owner = signup(app_client)
+    response = app_client.post("/api/v1/api-keys", json={"name": "a\x00b"}, headers=owner.headers)
+    body = assert_problem(response, 422)
+    assert [e["loc"] for e in body["errors"]] == [["body", "name"]]

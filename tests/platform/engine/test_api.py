@@ -126,7 +126,7 @@ def test_bad_event_log_times_and_windows_are_422(app_client: TestClient) -> None
     assert app_client.get("/api/v1/events", params=fine, headers=a.headers).status_code == 200
 
 
-def test_cursors_that_cannot_bind_are_422(app_client: TestClient) -> None:
+def test_cursors_and_filters_that_cannot_bind_are_422(app_client: TestClient) -> None:
     import uuid
 
     a = signup(app_client)
@@ -135,6 +135,9 @@ def test_cursors_that_cannot_bind_are_422(app_client: TestClient) -> None:
         ("/api/v1/events", {"cursor": naive}),
         ("/api/v1/jobs", {"cursor": _cursor([2**63])}),
         ("/api/v1/jobs", {"cursor": _cursor(["1"])}),
+        ("/api/v1/jobs", {"queue": "a\x00b"}),
+        ("/api/v1/jobs", {"name": "a\x00b"}),
+        ("/api/v1/events", {"type": "a\x00b"}),
     ]
     for path, params in queries:
         response = app_client.get(path, params=params, headers=a.headers)

@@ -157,3 +157,13 @@ def test_owner_renames_the_tenant(app_client: TestClient) -> None:
     renamed = app_client.patch("/api/v1/tenant", json={"name": "New Name"}, headers=owner.headers)
     assert renamed.json()["name"] == "New Name"
     assert login(app_client, owner.email)["access_token"]
+
+
+def test_a_tenant_name_with_a_control_character_is_422(app_client: TestClient) -> None:
+    owner = signup(app_client, tenant="Kept")
+    for name in ("a\x00b", "two\nlines"):
+        response = app_client.patch("/api/v1/tenant", json={"name": name}, headers=owner.headers)
+        body = assert_problem(response, 422)
+        assert body["errors"][0]["loc"] == ["body", "name"]
+        assert "control characters" in body["errors"][0]["msg"]
+    assert app_client.get("/api/v1/tenant", headers=owner.headers).json()["name"] == "Kept"

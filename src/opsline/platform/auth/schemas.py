@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from opsline.platform.auth.roles import Role
+from opsline.platform.http.inputs import OneLine
 
 PASSWORD_MIN = 10
 PASSWORD_MAX = 256
@@ -27,7 +28,7 @@ def _password(value: str) -> str:
 class SignupIn(Strict):
     email: EmailStr
     password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
-    tenant_name: str = Field(min_length=1, max_length=200)
+    tenant_name: OneLine = Field(min_length=1, max_length=200)
 
     _check_password = field_validator("password")(_password)
 
@@ -89,7 +90,7 @@ class MeOut(BaseModel):
 
 
 class ApiKeyIn(Strict):
-    name: str = Field(min_length=1, max_length=120)
+    name: OneLine = Field(min_length=1, max_length=120)
     role: Role = Role.MEMBER
 
 

@@ -20,7 +20,7 @@ from opsline.platform.engine import service
 from opsline.platform.engine.schemas import BatchOut, CountOut, EventOut, JobDetail, JobOut
 from opsline.platform.engine.service import Scope
 from opsline.platform.http.deps import RequirePermission
-from opsline.platform.http.inputs import UtcDatetime, check_window
+from opsline.platform.http.inputs import OneLine, UtcDatetime, check_window
 from opsline.platform.http.pagination import Page, PageDep, PageParams
 from opsline.platform.http.routing import Route
 
@@ -34,12 +34,12 @@ JobState = Literal[
 
 class JobFilters(PageParams):
     state: JobState | None = None
-    queue: str | None = Field(default=None, max_length=50)
-    name: str | None = Field(default=None, max_length=200)
+    queue: OneLine | None = Field(default=None, max_length=50)
+    name: OneLine | None = Field(default=None, max_length=200)
 
 
 class EventFilters(PageParams):
-    type: str | None = Field(default=None, max_length=200)
+    type: OneLine | None = Field(default=None, max_length=200)
     since: UtcDatetime | None = Field(default=None, description="From this time on (with offset)")
     until: UtcDatetime | None = Field(default=None, description="Before this time (exclusive)")
 

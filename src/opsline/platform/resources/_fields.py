@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, false, or_
 
+from opsline.platform.http.inputs import check_one_line
+
 FieldKind = Literal["str", "int", "decimal", "bool", "datetime", "uuid", "enum"]
 Value = str | int | Decimal | bool | datetime | uuid.UUID | None
 # A signed 64-bit integer: what every supported database can bind and compare.
@@ -105,7 +107,10 @@ class Field:
 def _str(field: Field, value: object) -> Value:
     if not isinstance(value, str):
         raise ValueError(f"{field.name} must be a string")
-    return value
+    try:
+        return check_one_line(value)
+    except ValueError as exc:
+        raise ValueError(f"{field.name} {exc}") from None
 
 
 def _int(field: Field, value: object) -> Value:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from opsline.platform.auth.roles import Role
 from opsline.platform.auth.schemas import PASSWORD_MAX, PASSWORD_MIN, Strict
+from opsline.platform.http.inputs import OneLine
 
 
 class MemberOut(BaseModel):
@@ -48,4 +49,4 @@ class RoleIn(Strict):
 
 
 class TenantRenameIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
