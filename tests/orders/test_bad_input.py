@@ -6,10 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
 
+from opsline.orders.models import STOCK_CEILING, products_table
+from opsline.orders.schemas import MAX_STOCK
+from opsline.platform.runtime import Runtime
 from tests.helpers import assert_problem
 from tests.orders.conftest import Shop
 
@@ -167,3 +173,83 @@ def test_nul_in_a_list_filter_is_422(shop: Shop, path: str, name: str) -> None:
     body = assert_problem(response, 422)
     assert _locs(body) == [["query", name]]
     assert "control characters" in body["errors"][0]["msg"]
+
+
+# -- stock -------------------------------------------------------------------------------
+
+
+def _adjust(shop: Shop, product_id: str, delta: int) -> Any:
+    return shop.client.post(
+        f"/api/v1/products/{product_id}/stock-adjustments",
+        json={"delta": delta, "reason": "count"},
+        headers=shop.manager.headers,
+    )
+
+
+def test_stock_adjustments_stop_at_the_maximum_with_a_409_saying_it(shop: Shop) -> None:
+    product = shop.product(stock=0)
+    assert _adjust(shop, product["id"], MAX_STOCK).json()["stock"] == MAX_STOCK
+    for delta in (1, MAX_STOCK):
+        body = assert_problem(_adjust(shop, product["id"], delta), 409)
+        assert body["type"].endswith("/stock-maximum")
+        assert (body["stock"], body["maximum"]) == (MAX_STOCK, MAX_STOCK)
+        assert str(MAX_STOCK) in body["detail"]
+    assert shop.stock(product["id"]) == MAX_STOCK
+    assert _adjust(shop, product["id"], -1).json()["stock"] == MAX_STOCK - 1
+
+
+def test_repeated_large_adjustments_never_pass_the_maximum(shop: Shop) -> None:
+    # The original report: 1e9 three times reached 3e9 (PostgreSQL: integer out of range).
+    product = shop.product(stock=0)
+    answers = [_adjust(shop, product["id"], 10**9).status_code for _ in range(3)]
+    assert answers == [200, 409, 409]
+    assert shop.stock(product["id"]) == 10**9
+
+
+def test_concurrent_adjustments_cannot_pass_the_maximum_together(shop: Shop) -> None:
+    product = shop.product(stock=0)
+    step = MAX_STOCK // 4 + 1  # three fit, the fourth would pass the maximum
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _adjust(shop, product["id"], step), range(6)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 200, 409, 409, 409], [a.text for a in answers]
+    assert shop.stock(product["id"]) == 3 * step
+
+
+def test_a_product_cannot_start_above_the_maximum(shop: Shop) -> None:
+    response = shop.client.post(
+        "/api/v1/products",
+        json={"sku": "BIG", "name": "big", "price": "1.00", "stock": MAX_STOCK + 1},
+        headers=shop.manager.headers,
+    )
+    assert _locs(assert_problem(response, 422)) == [["body", "stock"]]
+
+
+def test_an_order_given_back_may_carry_stock_above_the_maximum(shop: Shop) -> None:
+    # Units return to stock even when it was refilled meanwhile: stock is then
+    # above the maximum (within the column), and only removals are accepted.
+    product = shop.product(stock=MAX_STOCK)
+    order = shop.order([(product["id"], 10)]).json()
+    assert _adjust(shop, product["id"], 10).json()["stock"] == MAX_STOCK
+    cancelled = shop.client.post(
+        f"/api/v1/orders/{order['id']}/cancel", headers=shop.member.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert shop.stock(product["id"]) == MAX_STOCK + 10
+    assert_problem(_adjust(shop, product["id"], 1), 409)
+    assert _adjust(shop, product["id"], -5).json()["stock"] == MAX_STOCK + 5
+
+
+@pytest.mark.parametrize("stock", [STOCK_CEILING + 1, -1])
+def test_the_database_refuses_stock_outside_an_integer(
+    shop: Shop, runtime: Runtime, stock: int
+) -> None:
+    product = shop.product(stock=1)
+    statement = (
+        update(products_table)
+        .where(products_table.c.id == uuid.UUID(product["id"]))
+        .values(stock=stock)
+    )
+    with pytest.raises(DBAPIError), runtime.db.unit_of_work() as uow:
+        uow.session.execute(statement)
+    assert shop.stock(product["id"]) == 1

@@ -36,3 +36,8 @@ class InvalidOrder(Unprocessable):
 class StockWouldGoNegative(Conflict):
     type_slug = "stock-negative"
     title = "Stock cannot go below zero"
+
+
+class StockAboveMaximum(Conflict):
+    type_slug = "stock-maximum"
+    title = "Stock cannot go above its maximum"

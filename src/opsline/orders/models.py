@@ -24,6 +24,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from opsline.db import Base, new_id, utcnow
 
 Money = Numeric(14, 2)
+# The largest stock the INTEGER column holds on every backend (SQLite's would
+# take 64 bits; the CHECK makes it refuse what PostgreSQL cannot store).
+STOCK_CEILING = 2**31 - 1
 PROCESSING_ONLY = "status = 'PROCESSING'"
 
 
@@ -32,6 +35,7 @@ class Product(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "sku"),
         CheckConstraint("stock >= 0", name="stock_not_negative"),
+        CheckConstraint(f"stock <= {STOCK_CEILING}", name="stock_within_integer"),
         CheckConstraint("price >= 0", name="price_not_negative"),
         Index(None, "tenant_id", "created_at", "id"),
     )

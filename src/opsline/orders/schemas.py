@@ -14,6 +14,10 @@ from opsline.platform.http.inputs import FreeText, OneLine
 
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
+# The most units a product may hold through creation and stock adjustments:
+# stock is an INTEGER column. Units given back by cancelled or failed orders may
+# carry it above this, up to the column's STOCK_CEILING.
+MAX_STOCK = 1_000_000_000
 
 # Money goes over the wire as a string with two places: never a float.
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
@@ -28,7 +32,7 @@ class ProductIn(Strict):
     name: OneLine = Field(min_length=1, max_length=200)
     price: Decimal = Field(ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    stock: int = Field(default=0, ge=0, le=1_000_000_000)
+    stock: int = Field(default=0, ge=0, le=MAX_STOCK)
 
 
 class ProductPatch(Strict):
@@ -41,7 +45,9 @@ class ProductPatch(Strict):
 
 class StockAdjustmentIn(Strict):
     delta: int = Field(
-        ge=-1_000_000_000, le=1_000_000_000, description="Units to add (negative to remove)"
+        ge=-MAX_STOCK,
+        le=MAX_STOCK,
+        description=f"Units to add (negative to remove); stock stays within 0..{MAX_STOCK}",
     )
     reason: FreeText = Field(min_length=1, max_length=200)
 

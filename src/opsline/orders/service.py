@@ -29,6 +29,7 @@ from opsline.orders.errors import (
     OrderNotFound,
     ProductNotFound,
     SkuTaken,
+    StockAboveMaximum,
     StockWouldGoNegative,
 )
 from opsline.orders.events import OrderCancelled, OrderCreated, StockAdjusted
@@ -41,7 +42,14 @@ from opsline.orders.models import (
     products_table,
 )
 from opsline.orders.permissions import ORDERS_CANCEL_ANY, ORDERS_READ_ALL
-from opsline.orders.schemas import OrderIn, OrderLineOut, OrderOut, ProductIn, ProductPatch
+from opsline.orders.schemas import (
+    MAX_STOCK,
+    OrderIn,
+    OrderLineOut,
+    OrderOut,
+    ProductIn,
+    ProductPatch,
+)
 from opsline.platform.context import Context
 from opsline.platform.engine.events import publish
 from opsline.platform.http.deps import PendingContext, admit_with, with_session_role
@@ -128,24 +136,27 @@ def archive_product(ctx: Context, product_id: uuid.UUID) -> Product:
 
 
 def adjust_stock(ctx: Context, product_id: uuid.UUID, *, delta: int, reason: str) -> Product:
-    """Add (or remove) units with a reason; never below zero. Publishes StockAdjusted."""
+    """Add (or remove) units with a reason; publishes StockAdjusted.
+
+    Stock never goes below zero, and an addition never takes it above
+    MAX_STOCK: both are conditions of the one UPDATE, so concurrent
+    adjustments cannot pass them (a refusal is a 409 with the stock then).
+    """
+    # Removing is allowed above the maximum (units given back by orders can carry
+    # stock there), so only the bound that delta moves towards is checked.
+    within = Product.stock + delta <= MAX_STOCK if delta > 0 else Product.stock + delta >= 0
     with ctx.db.unit_of_work() as uow:
         product = _product(uow.session, ctx, product_id)
         result = uow.session.execute(
             update(Product)
-            .where(
-                Product.id == product_id,
-                Product.tenant_id == ctx.tenant_id,
-                Product.stock + delta >= 0,
-            )
+            .where(Product.id == product_id, Product.tenant_id == ctx.tenant_id, within)
             .values(stock=Product.stock + delta, updated_at=utcnow())
             .returning(Product.stock)
         )
         stock = result.scalar()
         if stock is None:
-            raise StockWouldGoNegative(
-                f"stock of {product.sku} is {product.stock}; cannot remove {-delta}"
-            )
+            uow.session.refresh(product)  # the stock that refused the adjustment
+            raise _refused_adjustment(product, delta)
         uow.session.refresh(product)
         publish(
             uow,
@@ -159,6 +170,20 @@ def adjust_stock(ctx: Context, product_id: uuid.UUID, *, delta: int, reason: str
             ),
         )
     return product
+
+
+def _refused_adjustment(product: Product, delta: int) -> StockWouldGoNegative | StockAboveMaximum:
+    if delta < 0:
+        return StockWouldGoNegative(
+            f"stock of {product.sku} is {product.stock}; cannot remove {-delta}",
+            stock=product.stock,
+        )
+    return StockAboveMaximum(
+        f"stock of {product.sku} is {product.stock}; adding {delta} would pass the maximum "
+        f"of {MAX_STOCK} units (add at most {max(MAX_STOCK - product.stock, 0)})",
+        stock=product.stock,
+        maximum=MAX_STOCK,
+    )
 
 
 # -- orders -----------------------------------------------------------------------------
