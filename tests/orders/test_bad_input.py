@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
-from opsline.orders.models import STOCK_CEILING, products_table
+from opsline.orders.models import MAX_MONEY, STOCK_CEILING, products_table
 from opsline.orders.schemas import MAX_STOCK
 from opsline.platform.runtime import Runtime
 from tests.helpers import assert_problem
@@ -253,3 +253,29 @@ def test_the_database_refuses_stock_outside_an_integer(
     with pytest.raises(DBAPIError), runtime.db.unit_of_work() as uow:
         uow.session.execute(statement)
     assert shop.stock(product["id"]) == 1
+
+
+# -- money -------------------------------------------------------------------------------
+
+
+def test_an_order_total_beyond_the_money_columns_is_422_and_takes_nothing(shop: Shop) -> None:
+    product = shop.product("DEAR", stock=5, price=str(MAX_MONEY))
+    body = assert_problem(shop.order([(product["id"], 2)], key="dear"), 422)
+    assert body["type"].endswith("/invalid-order")
+    assert str(MAX_MONEY) in body["detail"] and "DEAR" in body["detail"]
+    assert body["total"] == "1999999999999.98"
+    assert shop.stock(product["id"]) == 5
+    # Refused, and remembered so under its key; one unit fits.
+    again = shop.order([(product["id"], 2)], key="dear")
+    assert assert_problem(again, 422)["detail"] == body["detail"]
+    assert shop.order([(product["id"], 1)]).status_code == 201
+    assert shop.stock(product["id"]) == 4
+
+
+def test_lines_that_fit_alone_but_not_together_are_422(shop: Shop) -> None:
+    half = "500000000000.00"  # one fits, two pass the maximum
+    a = shop.product("A", stock=5, price=half)
+    b = shop.product("B", stock=5, price=half)
+    body = assert_problem(shop.order([(a["id"], 1), (b["id"], 1)]), 422)
+    assert "total" in body["detail"] and "lines on their own" not in body["detail"]
+    assert shop.stock(a["id"]) == shop.stock(b["id"]) == 5

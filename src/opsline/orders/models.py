@@ -24,6 +24,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from opsline.db import Base, new_id, utcnow
 
 Money = Numeric(14, 2)
+# The largest amount a Money column holds (12 digits before the point, 2 after).
+MAX_MONEY = Decimal("999999999999.99")
 # The largest stock the INTEGER column holds on every backend (SQLite's would
 # take 64 bits; the CHECK makes it refuse what PostgreSQL cannot store).
 STOCK_CEILING = 2**31 - 1

@@ -7,7 +7,7 @@ from typing import cast
 
 from sqlalchemy import Table
 
-from opsline.orders.models import Product
+from opsline.orders.models import MAX_MONEY, Product
 from opsline.orders.permissions import PRODUCTS_READ, PRODUCTS_WRITE
 from opsline.platform.resources import Field, Resource, register_resource
 
@@ -26,7 +26,7 @@ PRODUCTS = register_resource(
                 settable=True,
                 adjustable=True,
                 minimum=Decimal(0),
-                maximum=Decimal("999999999999.99"),
+                maximum=MAX_MONEY,
                 scale=2,
             ),
             Field("currency", "str", settable=True, max_length=3),

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from opsline.orders._state import OrderStatus
+from opsline.orders.models import MAX_MONEY
 from opsline.platform.http.inputs import FreeText, OneLine
 
 MAX_QUANTITY = 10_000
@@ -30,16 +31,14 @@ class Strict(BaseModel):
 class ProductIn(Strict):
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: OneLine = Field(min_length=1, max_length=200)
-    price: Decimal = Field(ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
+    price: Decimal = Field(ge=0, le=MAX_MONEY, max_digits=14, decimal_places=2)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     stock: int = Field(default=0, ge=0, le=MAX_STOCK)
 
 
 class ProductPatch(Strict):
     name: OneLine | None = Field(default=None, min_length=1, max_length=200)
-    price: Decimal | None = Field(
-        default=None, ge=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2
-    )
+    price: Decimal | None = Field(default=None, ge=0, le=MAX_MONEY, max_digits=14, decimal_places=2)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
 
 

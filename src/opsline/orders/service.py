@@ -34,6 +34,7 @@ from opsline.orders.errors import (
 )
 from opsline.orders.events import OrderCancelled, OrderCreated, StockAdjusted
 from opsline.orders.models import (
+    MAX_MONEY,
     Order,
     OrderLine,
     Product,
@@ -298,7 +299,7 @@ def _create_order(
         "created_by": ctx.principal.subject,
         "user_id": ctx.principal.user_id,
         "status": OrderStatus.PENDING.value,
-        "total": sum((line["line_total"] for line in lines), Decimal(0)),
+        "total": _total(lines),
         "currency": next(iter(products.values())).currency,
         "payment_attempt": 0,
         "created_at": now,
@@ -327,6 +328,22 @@ def _create_order(
     # rolls everything back.
     uow.last(lambda: _stock.take(uow, ctx.tenant_id, quantities, now=now))
     return _order_body(order, lines)
+
+
+def _total(lines: list[dict[str, Any]]) -> Decimal:
+    """The order's total; InvalidOrder when it exceeds what the Money columns
+    hold (a line's total is at most the order's). PostgreSQL would refuse the
+    insert, SQLite store it: checked here, in Python, before anything is written."""
+    total = sum((line["line_total"] for line in lines), Decimal(0))
+    if total <= MAX_MONEY:
+        return total
+    detail = f"the order's total {total} exceeds {MAX_MONEY}, the largest amount an order holds"
+    too_big = [
+        f"{line['sku']} ({line['line_total']})" for line in lines if line["line_total"] > MAX_MONEY
+    ]
+    if too_big:
+        detail += f" (so do these lines on their own: {', '.join(too_big)})"
+    raise InvalidOrder(f"{detail}; order fewer units", total=str(total), maximum=str(MAX_MONEY))
 
 
 def _order_body(order: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
