@@ -117,3 +117,19 @@ def test_roles_lists_permissions(cli: CliRunner) -> None:
     result = cli.invoke(app, ["roles"])
     assert result.exit_code == 0
     assert "members.manage" in result.output and "admin" in result.output
+
+
+def test_tenant_names_print_as_typed_and_control_characters_are_usage_errors(
+    cli: CliRunner,
+) -> None:
+    owner = ["--owner-email", "markup@acme.test", "--owner-password", "a-long-password"]
+    created = cli.invoke(app, ["tenants", "create", "[/]", *owner])
+    assert created.exit_code == 0, created.output
+    assert "tenant [/]" in created.output
+    listed = cli.invoke(app, ["tenants", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "[/]" in listed.output
+    other = ["--owner-email", "nul@acme.test", "--owner-password", "a-long-password"]
+    refused = cli.invoke(app, ["tenants", "create", "a\x00b", *other])
+    assert refused.exit_code == 2
+    assert "control characters" in refused.output

@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from opsline.bulk import service
 from opsline.bulk.schemas import FINAL_STATUSES, BulkRequest, Condition, RunOut
-from opsline.platform.clitools import cli_runtime, console, fail
+from opsline.platform.clitools import cli_runtime, console, fail, plain
 from opsline.platform.context import Context, system_principal
 
 bulk_app = typer.Typer(
@@ -106,10 +107,10 @@ def preview(
     console.print(f"[bold]{out.count}[/] records; destructive={out.destructive}")
     table = Table("id", "before", "after")
     for s in out.sample:
-        table.add_row(str(s.id), json.dumps(s.before), json.dumps(s.after))
+        table.add_row(str(s.id), plain(json.dumps(s.before)), plain(json.dumps(s.after)))
     console.print(table)
     for warning in out.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @bulk_app.command("run")
@@ -152,7 +153,7 @@ def _follow(ctx: Context, out: RunOut) -> None:
             time.sleep(0.2)
             out = service.get_run(ctx, out.id)
             bar.update(task, completed=out.processed + out.failed)
-    console.print(f"{out.status}: {out.processed} processed, {out.failed} failed")
+    console.print(f"{escape(out.status)}: {out.processed} processed, {out.failed} failed")
 
 
 @bulk_app.command("status")
@@ -202,11 +203,11 @@ def list_runs(
             str(r.id),
             r.kind,
             r.status,
-            r.resource,
-            r.action,
+            plain(r.resource),
+            plain(r.action),
             f"{r.processed}/{r.total}",
             str(r.failed),
-            r.actor,
+            plain(r.actor),
             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)

@@ -6,11 +6,12 @@ import uuid
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from opsline.platform.auth import service as auth
 from opsline.platform.auth.roles import Role, all_permissions
-from opsline.platform.clitools import cli_runtime, console, fail
+from opsline.platform.clitools import cli_runtime, console, fail, one_line, plain
 from opsline.platform.tenancy import service as tenancy
 from opsline.platform.tenancy.demo import load_demo
 from opsline.settings import SettingsError, load_settings
@@ -89,10 +90,14 @@ def demo() -> None:
         tenant, user, created = load_demo(runtime)
         password = runtime.settings.demo_password.get_secret_value()
     if created:
-        console.print(f"Demo tenant [bold]{tenant.name}[/] created.")
-        console.print(f"  log in as [bold]{user.email}[/] with password [bold]{password}[/]")
+        console.print(f"Demo tenant [bold]{escape(tenant.name)}[/] created.")
+        console.print(
+            f"  log in as [bold]{escape(user.email)}[/] with password [bold]{escape(password)}[/]"
+        )
     else:
-        console.print(f"Demo tenant [bold]{tenant.name}[/] exists (owner {user.email}).")
+        console.print(
+            f"Demo tenant [bold]{escape(tenant.name)}[/] exists (owner {escape(user.email)})."
+        )
 
 
 def roles() -> None:
@@ -106,7 +111,7 @@ def roles() -> None:
 
 @tenants_app.command("create")
 def tenants_create(
-    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    name: Annotated[str, typer.Argument(help="Tenant name.", callback=one_line)],
     owner_email: Annotated[str, typer.Option("--owner-email", help="Owner's email.")],
     owner_password: Annotated[
         str,
@@ -121,7 +126,9 @@ def tenants_create(
         user, tenant, _ = auth.signup(
             runtime, email=owner_email, password=owner_password, tenant_name=name
         )
-    console.print(f"tenant [bold]{tenant.name}[/] {tenant.id} created, owner {user.email}")
+    console.print(
+        f"tenant [bold]{escape(tenant.name)}[/] {tenant.id} created, owner {escape(user.email)}"
+    )
 
 
 @tenants_app.command("list")
@@ -133,8 +140,8 @@ def tenants_list() -> None:
     for tenant, members in rows:
         table.add_row(
             str(tenant.id),
-            tenant.name,
-            tenant.slug,
+            plain(tenant.name),
+            plain(tenant.slug),
             str(members),
             f"{tenant.created_at:%Y-%m-%d %H:%M}",
         )
@@ -155,7 +162,7 @@ def users_create(
         with runtime.db.unit_of_work() as uow:
             user = auth.create_user(uow, email=email, password=password)
             tenancy.add_member(uow, tenant_id=tenant, user_id=user.id, role=role)
-    console.print(f"user {user.email} {user.id} created as {role.value}")
+    console.print(f"user {escape(user.email)} {user.id} created as {role.value}")
 
 
 @users_app.command("list")
@@ -166,14 +173,14 @@ def users_list(tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")]) ->
         members = tenancy.list_members(runtime.db, tenant).items
     table = Table("user id", "email", "role", "joined")
     for m in members:
-        table.add_row(str(m.user_id), m.email, m.role.value, f"{m.joined_at:%Y-%m-%d %H:%M}")
+        table.add_row(str(m.user_id), plain(m.email), m.role.value, f"{m.joined_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
 
 @apikeys_app.command("create")
 def apikeys_create(
     tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")],
-    name: Annotated[str, typer.Option(help="What the key is for.")],
+    name: Annotated[str, typer.Option(help="What the key is for.", callback=one_line)],
     role: RoleOption = Role.MEMBER,
 ) -> None:
     """Create an API key; the secret is printed once."""

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
-from typing import Annotated
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from opsline.orders import service
 from opsline.orders._state import OrderStatus
-from opsline.orders.schemas import ProductIn
-from opsline.platform.clitools import cli_runtime, console
+from opsline.orders.schemas import CancelIn, ProductIn, StockAdjustmentIn
+from opsline.platform.clitools import cli_runtime, console, plain
 from opsline.platform.context import Context, system_principal
 
 orders_app = typer.Typer(help="List, show and cancel orders.", no_args_is_help=True)
 products_app = typer.Typer(help="Create and list products; adjust stock.", no_args_is_help=True)
 TenantOption = Annotated[uuid.UUID, typer.Option(help="Tenant id.")]
+M = TypeVar("M", bound=BaseModel)
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +49,8 @@ def orders_list(
         table.add_row(
             str(order.id),
             order.status.value,
-            f"{order.total:.2f} {order.currency}",
-            order.created_by,
+            plain(f"{order.total:.2f} {order.currency}"),
+            plain(order.created_by),
             f"{order.created_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)
@@ -59,13 +62,14 @@ def orders_show(order_id: uuid.UUID, tenant: TenantOption) -> None:
     with cli_runtime() as runtime:
         order = service.get_order(_ctx(runtime, tenant), order_id)
     console.print(
-        f"order {order.id}  [bold]{order.status.value}[/]  {order.total:.2f} {order.currency}"
+        f"order {order.id}  [bold]{order.status.value}[/]  "
+        f"{order.total:.2f} {escape(order.currency)}"
     )
     table = Table("sku", "name", "qty", "unit", "total")
     for line in order.lines:
         table.add_row(
-            line.sku,
-            line.name,
+            plain(line.sku),
+            plain(line.name),
             str(line.quantity),
             f"{line.unit_price:.2f}",
             f"{line.line_total:.2f}",
@@ -80,8 +84,9 @@ def orders_cancel(
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
 ) -> None:
     """Cancel a pending order; its stock is restored once."""
+    body = _valid(CancelIn, reason=reason)
     with cli_runtime() as runtime:
-        order, changed = service.cancel_order(_ctx(runtime, tenant), order_id, reason=reason)
+        order, changed = service.cancel_order(_ctx(runtime, tenant), order_id, reason=body.reason)
     console.print(f"order {order.id} {'cancelled' if changed else 'was already cancelled'}")
 
 
@@ -95,10 +100,33 @@ def products_create(
     currency: Annotated[str, typer.Option()] = "EUR",
 ) -> None:
     """Create a product."""
-    data = ProductIn(sku=sku, name=name, price=Decimal(price), stock=stock, currency=currency)
+    data = _valid(
+        ProductIn, sku=sku, name=name, price=_amount(price), stock=stock, currency=currency
+    )
     with cli_runtime() as runtime:
         product = service.create_product(_ctx(runtime, tenant), data)
-    console.print(f"product {product.sku} {product.id} created with stock {product.stock}")
+    console.print(f"product {escape(product.sku)} {product.id} created with stock {product.stock}")
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        raise typer.BadParameter(f"{text!r} is not an amount like 12.50", param_hint="--price")
+    return amount
+
+
+def _valid(model: type[M], **values: object) -> M:
+    """The request the options describe, checked as the API checks it; the first
+    invalid option is a usage error (exit 2) naming it."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = f"--{error['loc'][0]}" if error["loc"] else None
+        raise typer.BadParameter(error["msg"], param_hint=option) from None
 
 
 @products_app.command("list")
@@ -110,7 +138,13 @@ def products_list(
         page = service.list_products(_ctx(runtime, tenant), cursor=None, limit=limit)
     table = Table("id", "sku", "name", "price", "stock")
     for p in page.items:
-        table.add_row(str(p.id), p.sku, p.name, f"{p.price:.2f} {p.currency}", str(p.stock))
+        table.add_row(
+            str(p.id),
+            plain(p.sku),
+            plain(p.name),
+            plain(f"{p.price:.2f} {p.currency}"),
+            str(p.stock),
+        )
     console.print(table)
 
 
@@ -121,11 +155,10 @@ def products_adjust_stock(
     delta: Annotated[int, typer.Option(help="Units to add; negative removes.")],
     reason: Annotated[str, typer.Option(help="Why (kept with the StockAdjusted event).")],
 ) -> None:
-    """Add or remove stock with a reason; never below zero."""
-    if delta == 0:
-        raise typer.BadParameter("delta must not be zero", param_hint="--delta")
+    """Add or remove stock with a reason; never below zero nor above the maximum."""
+    body = _valid(StockAdjustmentIn, delta=delta, reason=reason)
     with cli_runtime() as runtime:
         product = service.adjust_stock(
-            _ctx(runtime, tenant), product_id, delta=delta, reason=reason
+            _ctx(runtime, tenant), product_id, delta=body.delta, reason=body.reason
         )
-    console.print(f"{product.sku} stock is now {product.stock}")
+    console.print(f"{escape(product.sku)} stock is now {product.stock}")

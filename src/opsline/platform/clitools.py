@@ -8,7 +8,10 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
+from opsline.platform.http.inputs import check_one_line
 from opsline.platform.http.problems import Problem
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings, SettingsError, load_settings
@@ -33,8 +36,25 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print ``message`` as is (never as markup: it may quote user data); exit ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+def one_line(value: str | None) -> str | None:
+    """A typer callback for a name: control characters (NUL, line breaks) are a
+    usage error, as they are a 422 in the API."""
+    if value is None:
+        return None
+    try:
+        return check_one_line(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def plain(value: object) -> Text:
+    """``value`` as text Rich prints as is: a table cell of user data ("[/]" is a name)."""
+    return Text(str(value))
 
 
 @contextmanager

@@ -15,7 +15,9 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from opsline.db import BIGINT_MAX
 from opsline.platform.engine import service
@@ -134,13 +136,13 @@ def _jobs_table(page: Page[JobOut]) -> Table:
     for job in page.items:
         table.add_row(
             str(job.id),
-            job.name,
-            job.queue,
+            Text(job.name),
+            Text(job.queue),
             job.state,
             f"{job.attempt}/{job.max_attempts}",
             str(job.tenant_id or "-"),
             job.run_at.isoformat(timespec="seconds"),
-            (job.last_error or "")[:60],
+            Text((job.last_error or "")[:60]),
         )
     return table
 
@@ -189,7 +191,7 @@ def show(job_id: JobIdArgument, tenant: TenantOption = None) -> None:
         job = service.get_job(runtime.db, _scope(tenant), job_id)
     console.print_json(job.model_dump_json(exclude={"errors"}))
     for error in job.errors:
-        console.rule(f"attempt {error.attempt}: {error.error_type} ({error.worker})")
+        console.rule(f"attempt {error.attempt}: {escape(f'{error.error_type} ({error.worker})')}")
         console.print(error.traceback or error.message, markup=False, highlight=False)
 
 
@@ -267,7 +269,7 @@ def list_events(
     for event in page.items:
         table.add_row(
             event.occurred_at.isoformat(timespec="seconds"),
-            event.type,
+            Text(event.type),
             str(event.version),
             str(event.tenant_id or "-"),
             str(event.id),
