@@ -141,6 +141,11 @@ class Live:
             headers={**(headers or self.member), "Idempotency-Key": key},
         )
 
+    def join(self, role: str) -> tuple[dict[str, str], str]:
+        """A new member of the owner's tenant with ``role``: their headers and user id."""
+        headers = _invited(self.http, self.owner, role)
+        return headers, str(self.http.get("/api/v1/me", headers=headers).json()["user"]["id"])
+
     def settled(self, timeout: float = 60) -> list[Order]:
         """Wait until no order is PENDING or PROCESSING; return every order."""
         deadline = time.monotonic() + timeout
@@ -160,14 +165,18 @@ def _account(http: httpx.Client) -> tuple[dict[str, str], dict[str, str]]:
         "/api/v1/auth/signup", json={"email": email, "password": PASSWORD, "tenant_name": "Live"}
     ).json()
     owner = {"Authorization": f"Bearer {signed['tokens']['access_token']}"}
-    member_email = f"member-{uuid.uuid4().hex[:8]}@example.com"
+    return owner, _invited(http, owner, "member")
+
+
+def _invited(http: httpx.Client, owner: dict[str, str], role: str) -> dict[str, str]:
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
     token = http.post(
-        "/api/v1/invitations", json={"email": member_email, "role": "member"}, headers=owner
+        "/api/v1/invitations", json={"email": email, "role": role}, headers=owner
     ).json()["token"]
-    member = http.post(
+    joined = http.post(
         "/api/v1/auth/accept-invite", json={"token": token, "password": PASSWORD}
     ).json()
-    return owner, {"Authorization": f"Bearer {member['access_token']}"}
+    return {"Authorization": f"Bearer {joined['access_token']}"}
 
 
 @pytest.fixture

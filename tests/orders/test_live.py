@@ -8,13 +8,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
+from opsline.platform.auth.tokens import TokenSigner
 from tests.orders.conftest import Live
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,11 @@ def settings_overrides() -> dict[str, object]:
 def sse(
     live: Live, headers: dict[str, str], **params: Any
 ) -> Iterator[queue.Queue[dict[str, Any]]]:
-    """Read an SSE stream in a thread; yields a queue of parsed events."""
+    """Read an SSE stream in a thread; yields a queue of parsed events.
+
+    A named event other than ``order.status`` keeps its name (``{"event": ...}``);
+    the server closing the stream puts ``{"closed": True}``.
+    """
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     stop = threading.Event()
     opened = threading.Event()
@@ -56,6 +62,8 @@ def sse(
                         return
                     if line.startswith("id: "):
                         event["id"] = int(line[4:])
+                    elif line.startswith("event: ") and line != "event: order.status":
+                        event["event"] = line[7:]
                     elif line.startswith("data: "):
                         event["data"] = json.loads(line[6:])
                     elif line.startswith(":"):
@@ -63,6 +71,8 @@ def sse(
                     elif line == "" and event:
                         events.put(event)
                         event = {}
+            if not stop.is_set():
+                events.put({"closed": True})
         except Exception as exc:
             if not stop.is_set():
                 events.put({"error": repr(exc)})
@@ -172,3 +182,82 @@ def test_websocket_refuses_bad_tokens_and_foreign_channels(live: Live) -> None:
     with pytest.raises((InvalidStatus, Exception)):
         with connect(f"{base}?access_token={token}&scope=tenant") as socket:
             socket.recv(timeout=5)
+
+
+def _ended_with(events: queue.Queue[dict[str, Any]], timeout: float = 5) -> dict[str, Any]:
+    """The problem document the server ended an SSE stream with (the stream then closed)."""
+    ended = events.get(timeout=timeout)
+    assert ended.get("event") == "end", ended
+    assert events.get(timeout=5) == {"closed": True}
+    problem: dict[str, Any] = ended["data"]
+    return problem
+
+
+def _socket(live: Live, headers: dict[str, str], query: str = "") -> ClientConnection:
+    token = headers["Authorization"].removeprefix("Bearer ")
+    url = live.base.replace("http", "ws") + "/api/v1/orders/live/ws"
+    return connect(f"{url}?access_token={token}{query}")
+
+
+def _closed_with(socket: ClientConnection, timeout: float = 5) -> tuple[int, str]:
+    """The close code and reason the server ended a WebSocket with (heartbeats skipped)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        _read_for(socket, timeout)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+def _read_for(socket: ClientConnection, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        socket.recv(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def test_removing_a_manager_ends_their_tenant_stream(live: Live) -> None:
+    manager, manager_id = live.join("manager")
+    with sse(live, manager, scope="tenant") as events:
+        removed = live.http.delete(f"/api/v1/members/{manager_id}", headers=live.owner)
+        assert removed.status_code == 204
+        problem = _ended_with(events)
+    assert problem["status"] == 401
+    assert live.http.get("/api/v1/orders", headers=manager).status_code == 401
+
+
+def test_removing_a_manager_closes_their_websocket_with_4401(live: Live) -> None:
+    manager, manager_id = live.join("manager")
+    with _socket(live, manager, "&scope=tenant") as socket:
+        assert json.loads(socket.recv(timeout=5)) == {"type": "heartbeat"}
+        removed = live.http.delete(f"/api/v1/members/{manager_id}", headers=live.owner)
+        assert removed.status_code == 204
+        code, reason = _closed_with(socket)
+    assert code == 4401 and "log in again" in reason
+
+
+def test_a_manager_made_member_loses_the_tenant_stream_but_keeps_their_own(live: Live) -> None:
+    manager, manager_id = live.join("manager")
+    with sse(live, manager, scope="tenant") as tenant, sse(live, manager) as own:
+        changed = live.http.patch(
+            f"/api/v1/members/{manager_id}", json={"role": "member"}, headers=live.owner
+        )
+        assert changed.status_code == 200
+        assert _ended_with(tenant)["status"] == 403
+        product = live.product("DEMOTED", stock=5)
+        live.order([(product, 1)], key="demoted-1", headers=manager)
+        assert _statuses_until(own, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+
+
+def test_the_stream_ends_when_its_access_token_expires(live: Live) -> None:
+    member_token = live.member["Authorization"].removeprefix("Bearer ")
+    claims = live.runtime.tokens.verify(member_token)
+    signer = TokenSigner(live.runtime.settings)
+    signer.lifetime = timedelta(seconds=3)  # the setting counts whole minutes
+    short = signer.issue(
+        user_id=claims.user_id, tenant_id=claims.tenant_id, session_id=claims.session_id
+    )
+    opened = time.monotonic()
+    with sse(live, {"Authorization": f"Bearer {short}"}) as events:
+        problem = _ended_with(events, timeout=10)
+    assert time.monotonic() - opened > 1.5  # it streamed until then
+    assert problem["status"] == 401 and "expired" in problem["detail"]
+    with pytest.raises(InvalidStatus):  # refused at connect now
+        _socket(live, {"Authorization": f"Bearer {short}"})

@@ -7,14 +7,24 @@ another user need ``orders.read_all``, otherwise the channel is refused (403).
 SSE resumes after ``Last-Event-ID`` from the order status log, so a dropped
 connection loses nothing; pushes arrive through the engine's pub/sub after
 commit, in one process or across processes (Redis, PostgreSQL NOTIFY).
+
+The admission is not for ever: every ``live_heartbeat_seconds`` the session is
+checked again as a REST request would check it (a logout, a removed member or a
+deactivated user: 401; a role that lost the channel's permission: 403), and the
+feed ends when the access token expires. SSE then sends a last ``event: end``
+whose data is the problem document and closes; the WebSocket closes with 4401
+or 4403 and the problem's detail as its reason. Clients reconnect with a fresh
+token (and resume from the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -24,14 +34,20 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
-from opsline.db import BIGINT_MAX
+from opsline.db import BIGINT_MAX, utcnow
 from opsline.orders._live import tenant_channel, user_channel
 from opsline.orders.models import OrderStatusChange
 from opsline.orders.permissions import ORDERS_READ, ORDERS_READ_ALL
 from opsline.platform.context import Principal
 from opsline.platform.engine.changes import pubsub_for
 from opsline.platform.http.deps import principal_from_credentials
-from opsline.platform.http.problems import BadRequest, Forbidden, ServiceUnavailable
+from opsline.platform.http.problems import (
+    BadRequest,
+    Forbidden,
+    Problem,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
 from opsline.platform.runtime import Runtime
@@ -63,6 +79,61 @@ def _feed(principal: Principal, scope: Scope, user_id: uuid.UUID | None) -> Feed
     if target is None:
         raise BadRequest("API keys follow ?scope=tenant or ?user_id=<id>")
     return Feed(principal.tenant_id, target, user_channel(principal.tenant_id, target))
+
+
+class _Admission:
+    """A feed's admission, asked again while the feed streams.
+
+    :meth:`check` is called at every poll: it costs a clock read, except every
+    ``live_heartbeat_seconds`` when it checks the session again (one read, in the
+    thread pool). It raises :class:`Unauthorized` once the session ended or the
+    token expired, :class:`Forbidden` once the role lost the channel.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        token: str,
+        asked: tuple[Scope, uuid.UUID | None],
+        feed: Feed,
+        expires_at: datetime,
+    ) -> None:
+        self._runtime, self._token, self._asked = runtime, token, asked
+        self.feed = feed
+        self._expires = time.monotonic() + (expires_at - utcnow()).total_seconds()
+        self._interval = runtime.settings.live_heartbeat_seconds
+        self._next_check = time.monotonic() + self._interval
+
+    async def check(self) -> bool:
+        """Raise if the feed must end; True when the session was just checked again."""
+        now = time.monotonic()
+        if now >= self._expires:
+            raise Unauthorized("access token expired; reconnect with a fresh one")
+        if now < self._next_check:
+            return False
+        await run_in_threadpool(self._again)
+        self._next_check = time.monotonic() + self._interval
+        return True
+
+    def _again(self) -> None:
+        if _feed_of(self._runtime, self._token, *self._asked) != self.feed:
+            raise Forbidden("that channel is no longer yours")
+
+
+def _feed_of(runtime: Runtime, token: str, scope: Scope, user_id: uuid.UUID | None) -> Feed:
+    """The feed ``token``'s live session may follow (blocking: one read)."""
+    principal = principal_from_credentials(runtime, token=token, api_key=None)
+    return _feed(principal, scope, user_id)
+
+
+def _admit(
+    runtime: Runtime, token: str | None, scope: Scope, user_id: uuid.UUID | None
+) -> _Admission:
+    if not token:
+        raise Unauthorized("send an access token")
+    feed = _feed_of(runtime, token, scope, user_id)
+    expires_at = runtime.tokens.verify(token).expires_at  # verified just above: cached
+    return _Admission(runtime, token, (scope, user_id), feed, expires_at)
 
 
 def _log_after(runtime: Runtime, feed: Feed, after: int) -> list[dict[str, Any]]:
@@ -129,12 +200,19 @@ class _Cursor:
 
 
 async def _messages(
-    runtime: Runtime, feed: Feed, after: int | None, gone: Callable[[], Awaitable[bool]]
+    runtime: Runtime,
+    admission: _Admission,
+    after: int | None,
+    gone: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[dict[str, Any] | None]:
     """Changes after ``after`` (or from now on), in order; None marks a heartbeat.
 
-    Ends as soon as ``gone()`` says the client left (checked at every poll).
+    Ends as soon as ``gone()`` says the client left, and raises the problem once
+    the admission no longer holds (both checked at every poll). Each time the
+    session is checked again the log is read too, so a push lost by the pub/sub
+    (a reconnecting listener) is late by one interval at most.
     """
+    feed = admission.feed
     subscription = await run_in_threadpool(_subscribe, runtime, feed)
     try:
         floor = after if after is not None else await run_in_threadpool(_high_water, runtime, feed)
@@ -142,12 +220,17 @@ async def _messages(
         look = after is not None
         idle = 0.0
         while True:
+            if await admission.check():
+                look = True
             if look:
                 rows = await run_in_threadpool(_log_after, runtime, feed, cursor.window_start)
-                for row in cursor.fresh(rows):
+                fresh = cursor.fresh(rows)
+                for row in fresh:
                     yield row
+                if fresh:
+                    idle = 0.0
                 # A full page means more history is waiting: look again at once.
-                idle, look = 0.0, len(rows) == REPLAY_LIMIT
+                look = len(rows) == REPLAY_LIMIT
             if subscription.get(timeout=0) is not None:
                 look = True
                 continue
@@ -162,11 +245,15 @@ async def _messages(
         subscription.close()
 
 
-def _principal(runtime: Runtime, authorization: str | None, access_token: str | None) -> Principal:
-    token = access_token
+def _token(authorization: str | None, access_token: str | None) -> str | None:
     if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:]
-    return principal_from_credentials(runtime, token=token, api_key=None)
+        return authorization[7:]
+    return access_token
+
+
+def _ended(problem: Problem) -> bytes:
+    """The SSE stream's last event: why it ends, as a problem document."""
+    return b"event: end\ndata: %s\n\n" % orjson.dumps(problem.body())
 
 
 @router.get(
@@ -184,17 +271,21 @@ async def order_events(
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=BIGINT_MAX)] = None,
 ) -> StreamingResponse:
     runtime: Runtime = request.app.state.runtime
-    principal = await run_in_threadpool(_principal, runtime, authorization, access_token)
-    feed = _feed(principal, scope, user_id)
+    token = _token(authorization, access_token)
+    admission = await run_in_threadpool(_admit, runtime, token, scope, user_id)
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
-        async for message in _messages(runtime, feed, last_event_id, request.is_disconnected):
-            if message is None:
-                yield b": keep-alive\n\n"
-                continue
-            data = orjson.dumps(message)
-            yield b"id: %d\nevent: order.status\ndata: %s\n\n" % (message["seq"], data)
+        messages = _messages(runtime, admission, last_event_id, request.is_disconnected)
+        try:
+            async for message in messages:
+                if message is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                data = orjson.dumps(message)
+                yield b"id: %d\nevent: order.status\ndata: %s\n\n" % (message["seq"], data)
+        except (Unauthorized, Forbidden) as problem:
+            yield _ended(problem)
 
     return StreamingResponse(
         stream(),
@@ -214,9 +305,8 @@ async def order_socket(
     """WebSocket of order status changes; ``?after=<seq>`` replays from the log first."""
     runtime: Runtime = websocket.app.state.runtime
     try:
-        authorization = websocket.headers.get("authorization")
-        principal = await run_in_threadpool(_principal, runtime, authorization, access_token)
-        feed = _feed(principal, scope, user_id)
+        token = _token(websocket.headers.get("authorization"), access_token)
+        admission = await run_in_threadpool(_admit, runtime, token, scope, user_id)
     except (Forbidden, BadRequest) as exc:
         await websocket.close(code=4403, reason=exc.detail[:120])
         return
@@ -230,7 +320,9 @@ async def order_socket(
         return websocket.client_state is not WebSocketState.CONNECTED
 
     try:
-        async for message in _messages(runtime, feed, after, gone):
+        async for message in _messages(runtime, admission, after, gone):
             await websocket.send_text(orjson.dumps(message or {"type": "heartbeat"}).decode())
     except WebSocketDisconnect:
         return
+    except (Unauthorized, Forbidden) as problem:
+        await websocket.close(code=4000 + problem.status, reason=problem.detail[:120])
