@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
-from opsline.platform.realtime import InProcessPubSub, PostgresPubSub, PubSub, RedisPubSub
+from opsline.platform.realtime import (
+    InProcessPubSub,
+    PostgresPubSub,
+    PubSub,
+    RedisPubSub,
+    create_pubsub,
+)
 from opsline.platform.realtime.pubsub import PG_PAYLOAD_LIMIT, notify_payloads, spliced_payload
+from opsline.settings import Settings
 
 
 @pytest.fixture(
@@ -79,3 +89,93 @@ def test_a_spliced_payload_is_the_payload_with_the_value_put_in() -> None:
 def test_a_spliced_payload_over_the_limit_is_dropped() -> None:
     message = {"seq": 0, "blob": "x" * PG_PAYLOAD_LIMIT}
     assert spliced_payload("user:u", message, "seq") is None
+
+
+@pytest.fixture
+def pg_bus(settings: Settings) -> Iterator[PostgresPubSub]:
+    """A PostgreSQL NOTIFY pub/sub on a fresh database of its own."""
+    if settings.is_sqlite:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    bus = create_pubsub(settings)
+    assert isinstance(bus, PostgresPubSub)
+    yield bus
+    bus.close()
+
+
+@pytest.fixture
+def admin(settings: Settings) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """A connection of its own to ``pg_bus``'s database, to watch and cut the listener."""
+    url = settings.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as connection:
+        yield connection
+
+
+def _listeners(admin: psycopg.Connection[tuple[Any, ...]]) -> list[tuple[int, str]]:
+    """The pid and last statement of each other connection to this database that ran
+    LISTEN or UNLISTEN last."""
+    rows = admin.execute(
+        "SELECT pid, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND (query ILIKE 'LISTEN%%' OR query ILIKE 'UNLISTEN%%')"
+    ).fetchall()
+    return [(int(pid), str(query)) for pid, query in rows]
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_twenty_postgres_subscribers_share_one_listen_connection(
+    pg_bus: PostgresPubSub, admin: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    mine = f"orders:{uuid.uuid4()}"
+    subscriptions = [pg_bus.subscribe(mine) for _ in range(20)]
+    try:
+        listening = [q for _, q in _listeners(admin) if q.upper().startswith("LISTEN")]
+        assert len(listening) == 1
+        pg_bus.publish(mine, {"seq": 1})
+        received = [s.get(timeout=5) for s in subscriptions]
+    finally:
+        for subscription in subscriptions:
+            subscription.close()
+    assert received == [{"seq": 1, "channel": mine}] * 20
+
+
+def test_the_last_postgres_subscriber_leaving_unlistens(
+    pg_bus: PostgresPubSub, admin: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    first, second = f"tenant:{uuid.uuid4()}", f"orders:{uuid.uuid4()}"
+    subscriptions = [pg_bus.subscribe(first), pg_bus.subscribe(first, second)]
+    subscriptions[0].close()
+    [(pid, query)] = _listeners(admin)
+    assert query.upper().startswith("LISTEN")  # one subscriber is left
+    subscriptions[1].close()
+    _until(lambda: [q.upper() for _, q in _listeners(admin)] == ["UNLISTEN OPSLINE_REALTIME"])
+    # The same connection listens again for the next subscriber.
+    again = pg_bus.subscribe(second)
+    try:
+        assert [(p, q.upper()[:6]) for p, q in _listeners(admin)] == [(pid, "LISTEN")]
+        pg_bus.publish(second, {"seq": 2})
+        assert again.get(timeout=5) == {"seq": 2, "channel": second}
+    finally:
+        again.close()
+
+
+def test_a_dropped_listen_connection_reconnects_and_delivers_later_messages(
+    pg_bus: PostgresPubSub, admin: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    mine = f"tenant:{uuid.uuid4()}"
+    subscriptions = [pg_bus.subscribe(mine) for _ in range(3)]
+    try:
+        [(cut, _)] = _listeners(admin)
+        admin.execute("SELECT pg_terminate_backend(%s)", [cut])
+        _until(lambda: [p for p, _ in _listeners(admin) if p != cut] != [])
+        pg_bus.publish(mine, {"seq": 3})
+        received = [s.get(timeout=5) for s in subscriptions]
+    finally:
+        for subscription in subscriptions:
+            subscription.close()
+    assert received == [{"seq": 3, "channel": mine}] * 3

@@ -7,7 +7,8 @@ subscriber that was not listening misses the message and must re-read state.
 
 Implementations: in-process (the embedded default: one process serves and
 works), Redis pub/sub (``OPSLINE_REDIS_URL``), PostgreSQL ``NOTIFY`` (payload
-limit 8000 bytes; used when the database is PostgreSQL and no Redis is set).
+limit 8000 bytes; used when the database is PostgreSQL and no Redis is set;
+its subscribers share one ``LISTEN`` connection per pub/sub, see ``_listener``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
 import structlog
 
+from opsline.platform.realtime._listener import Listener
 from opsline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -154,12 +156,18 @@ class _RedisSubscription:
 
 
 class PostgresPubSub:
-    """PostgreSQL ``NOTIFY`` on one channel; subscribers filter by logical channel."""
+    """PostgreSQL ``NOTIFY`` on one channel; subscribers filter by logical channel.
+
+    Publishing uses a connection of its own (opened on first use); subscribers
+    share one ``LISTEN`` connection (opened on first subscription), which hands
+    each of them the messages of its channels.
+    """
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._lock = threading.Lock()
         self._connection: Any = None
+        self._listener = Listener(conninfo, PG_CHANNEL)
 
     def publish(self, channel: str, message: Message) -> None:
         self.publish_many([(channel, message)])
@@ -176,39 +184,17 @@ class PostgresPubSub:
             self._connection.execute(*statement)
 
     def subscribe(self, *channels: str) -> Subscription:
-        return _PostgresSubscription(self._conninfo, set(channels))
+        """A subscription to ``channels``, live once this returns (see :meth:`Listener.add`)."""
+        wanted = set(channels)
+        subscription = _QueueSubscription(lambda s: self._listener.remove(s.queue, wanted))
+        self._listener.add(subscription.queue, wanted)
+        return subscription
 
     def close(self) -> None:
+        self._listener.close()
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
-
-
-class _PostgresSubscription:
-    def __init__(self, conninfo: str, channels: set[str]) -> None:
-        import psycopg
-
-        self._channels = channels
-        self._ready: deque[Message] = deque()
-        self._connection = psycopg.connect(conninfo, autocommit=True)
-        self._connection.execute(f"LISTEN {PG_CHANNEL}")
-
-    def get(self, timeout: float | None = None) -> Message | None:
-        # Messages of other logical channels share the NOTIFY channel: skip them.
-        # Notifications that arrive together are all read and kept in order.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._ready:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            for notify in self._connection.notifies(timeout=left, stop_after=1):
-                message: Message = orjson.loads(notify.payload)
-                if message.get("channel") in self._channels:
-                    self._ready.append(message)
-            if not self._ready and deadline is not None and time.monotonic() >= deadline:
-                return None
-        return self._ready.popleft()
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more.
