@@ -42,7 +42,7 @@ def test_tenant_user_and_api_key_lifecycle(cli: CliRunner) -> None:
             "create",
             "Acme",
             "--owner-email",
-            "boss@acme.test",
+            "boss@acme.example",
             "--owner-password",
             "a-long-password",
         ],
@@ -58,7 +58,7 @@ def test_tenant_user_and_api_key_lifecycle(cli: CliRunner) -> None:
         [
             "users",
             "create",
-            "clerk@acme.test",
+            "clerk@acme.example",
             "--tenant",
             tenant_id,
             "--role",
@@ -69,7 +69,7 @@ def test_tenant_user_and_api_key_lifecycle(cli: CliRunner) -> None:
     )
     assert user.exit_code == 0, user.output
     members = cli.invoke(app, ["users", "list", "--tenant", tenant_id])
-    assert "clerk@acme.test" in members.output and "viewer" in members.output
+    assert "clerk@acme.example" in members.output and "viewer" in members.output
 
     key = cli.invoke(app, ["apikeys", "create", "--tenant", tenant_id, "--name", "ci"])
     assert key.exit_code == 0, key.output
@@ -86,7 +86,7 @@ def test_errors_exit_non_zero_with_a_message(cli: CliRunner) -> None:
 
     short = cli.invoke(
         app,
-        ["tenants", "create", "X", "--owner-email", "a@b.test", "--owner-password", "short"],
+        ["tenants", "create", "X", "--owner-email", "a@b.example", "--owner-password", "short"],
     )
     assert short.exit_code == 1
     assert "password must be" in short.output
@@ -122,14 +122,31 @@ def test_roles_lists_permissions(cli: CliRunner) -> None:
 def test_tenant_names_print_as_typed_and_control_characters_are_usage_errors(
     cli: CliRunner,
 ) -> None:
-    owner = ["--owner-email", "markup@acme.test", "--owner-password", "a-long-password"]
+    owner = ["--owner-email", "markup@acme.example", "--owner-password", "a-long-password"]
     created = cli.invoke(app, ["tenants", "create", "[/]", *owner])
     assert created.exit_code == 0, created.output
     assert "tenant [/]" in created.output
     listed = cli.invoke(app, ["tenants", "list"])
     assert listed.exit_code == 0, listed.output
     assert "[/]" in listed.output
-    other = ["--owner-email", "nul@acme.test", "--owner-password", "a-long-password"]
+    other = ["--owner-email", "nul@acme.example", "--owner-password", "a-long-password"]
     refused = cli.invoke(app, ["tenants", "create", "a\x00b", *other])
     assert refused.exit_code == 2
     assert "control characters" in refused.output
+
+
+def test_emails_are_checked_as_the_api_checks_them(cli: CliRunner) -> None:
+    owner = ["--owner-password", "a-long-password"]
+    for bad in ("not-an-email", "a\x00b@acme.example", ""):
+        refused = cli.invoke(app, ["tenants", "create", "Acme", "--owner-email", bad, *owner])
+        assert refused.exit_code == 2, refused.output
+        assert "Invalid value" in refused.output
+    created = cli.invoke(
+        app, ["tenants", "create", "Acme", "--owner-email", "owner@acme.example", *owner]
+    )
+    assert created.exit_code == 0, created.output
+    tenant_id = created.output.split()[2]
+    joined = ["--tenant", tenant_id, "--password", "a-long-password"]
+    refused = cli.invoke(app, ["users", "create", "nobody", *joined])
+    assert refused.exit_code == 2 and "Invalid value" in refused.output
+    assert cli.invoke(app, ["users", "create", "member@acme.example", *joined]).exit_code == 0

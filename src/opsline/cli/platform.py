@@ -11,7 +11,7 @@ from rich.table import Table
 
 from opsline.platform.auth import service as auth
 from opsline.platform.auth.roles import Role, all_permissions
-from opsline.platform.clitools import cli_runtime, console, fail, one_line, plain
+from opsline.platform.clitools import cli_runtime, console, email_address, fail, one_line, plain
 from opsline.platform.tenancy import service as tenancy
 from opsline.platform.tenancy.demo import load_demo
 from opsline.settings import SettingsError, load_settings
@@ -112,7 +112,9 @@ def roles() -> None:
 @tenants_app.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="Tenant name.", callback=one_line)],
-    owner_email: Annotated[str, typer.Option("--owner-email", help="Owner's email.")],
+    owner_email: Annotated[
+        str, typer.Option("--owner-email", help="Owner's email.", callback=email_address)
+    ],
     owner_password: Annotated[
         str,
         typer.Option(
@@ -150,7 +152,7 @@ def tenants_list() -> None:
 
 @users_app.command("create")
 def users_create(
-    email: Annotated[str, typer.Argument(help="Email of the new user.")],
+    email: Annotated[str, typer.Argument(help="Email of the new user.", callback=email_address)],
     tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id to join.")],
     role: RoleOption = Role.MEMBER,
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Password.")] = "",

@@ -52,6 +52,16 @@ def one_line(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def email_address(value: str) -> str:
+    """A typer callback for an email: the API's check (a usage error, as it is a 422 there)."""
+    from pydantic import EmailStr, TypeAdapter, ValidationError
+
+    try:
+        return str(TypeAdapter(EmailStr).validate_python(value))
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"]) from None
+
+
 def plain(value: object) -> Text:
     """``value`` as text Rich prints as is: a table cell of user data ("[/]" is a name)."""
     return Text(str(value))
