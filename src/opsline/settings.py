@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     order_payment_max_attempts: int = Field(default=3, ge=1, le=20)
     idempotency_required: bool = True
     orders_redis_lock: bool = False
+    # Live order feeds (SSE, WebSocket): a heartbeat after this long without a
+    # change, and the feed's session checked again this often.
     live_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Live streams one principal may hold open at once. Counted per process: with
+    # several server processes a principal may hold this many in each.
+    live_max_streams_per_user: int = Field(default=5, ge=1, le=1000)
 
     demo_email: str = "owner@demo.opsline.dev"
     demo_password: SecretStr = SecretStr("opsline-demo-2026")

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -17,21 +17,26 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from opsline.platform.auth.tokens import TokenSigner
+from opsline.platform.realtime.pubsub import PG_CHANNEL
 from tests.orders.conftest import Live
 
 pytestmark = pytest.mark.slow
 
 
+SETTINGS: dict[str, object] = {
+    "payment_latency_min_ms": 50,
+    "payment_latency_max_ms": 60,
+    "payment_success_rate": 1.0,
+    "embedded_workers": 2,
+    "embedded_scheduler": False,
+    "live_heartbeat_seconds": 0.2,
+    "live_max_streams_per_user": 3,
+}
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {
-        "payment_latency_min_ms": 50,
-        "payment_latency_max_ms": 60,
-        "payment_success_rate": 1.0,
-        "embedded_workers": 2,
-        "embedded_scheduler": False,
-        "live_heartbeat_seconds": 0.2,
-    }
+    return SETTINGS
 
 
 @contextmanager
@@ -261,3 +266,49 @@ def test_the_stream_ends_when_its_access_token_expires(live: Live) -> None:
     assert problem["status"] == 401 and "expired" in problem["detail"]
     with pytest.raises(InvalidStatus):  # refused at connect now
         _socket(live, {"Authorization": f"Bearer {short}"})
+
+
+def _admitted(live: Live, headers: dict[str, str]) -> int:
+    """The status an SSE request is answered with (the stream, if any, left at once)."""
+    with live.http.stream("GET", "/api/v1/orders/live/sse", headers=headers) as response:
+        return response.status_code
+
+
+def test_a_stream_beyond_the_principals_cap_is_429_until_one_closes(live: Live) -> None:
+    with ExitStack() as streams:
+        for _ in range(3):
+            streams.enter_context(sse(live, live.member))
+        with live.http.stream("GET", "/api/v1/orders/live/sse", headers=live.member) as refused:
+            assert refused.status_code == 429  # before reading: a stream would never end
+            problem = json.loads(refused.read())
+        assert problem["status"] == 429 and "Retry-After" in refused.headers
+        with _socket(live, live.member) as socket:
+            assert _closed_with(socket)[0] == 4429
+        assert _admitted(live, live.owner) == 200  # the cap is per principal
+    deadline = time.monotonic() + 5
+    while _admitted(live, live.member) != 200:  # until the server saw the streams go
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _realtime_listeners(live: Live) -> int:
+    with live.runtime.db.engine.connect() as conn:
+        count = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query ILIKE %(listen)s",
+            {"listen": f"LISTEN {PG_CHANNEL}"},
+        ).scalar()
+    return int(count or 0)
+
+
+@pytest.mark.parametrize("settings_overrides", [{**SETTINGS, "live_max_streams_per_user": 20}])
+def test_twenty_streams_share_one_listen_connection(live: Live) -> None:
+    if live.runtime.settings.is_sqlite:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    product = live.product("MANY", stock=5)
+    with ExitStack() as stack:
+        streams = [stack.enter_context(sse(live, live.member)) for _ in range(20)]
+        assert _realtime_listeners(live) == 1
+        live.order([(product, 1)], key="many-1")
+        for events in streams:
+            assert _statuses_until(events, "PAID") == ["PENDING", "PROCESSING", "PAID"]

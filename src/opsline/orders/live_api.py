@@ -15,6 +15,9 @@ feed ends when the access token expires. SSE then sends a last ``event: end``
 whose data is the problem document and closes; the WebSocket closes with 4401
 or 4403 and the problem's detail as its reason. Clients reconnect with a fresh
 token (and resume from the log).
+
+A principal holds at most ``live_max_streams_per_user`` feeds open at once in
+one process: one more is a 429 (SSE) or a close with 4429 (WebSocket).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from opsline.platform.http.problems import (
     Forbidden,
     Problem,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
 )
 from opsline.platform.http.routing import Route
@@ -95,11 +99,12 @@ class _Admission:
         runtime: Runtime,
         token: str,
         asked: tuple[Scope, uuid.UUID | None],
-        feed: Feed,
+        principal: Principal,
         expires_at: datetime,
     ) -> None:
         self._runtime, self._token, self._asked = runtime, token, asked
-        self.feed = feed
+        self.subject = principal.subject
+        self.feed = _feed(principal, *asked)
         self._expires = time.monotonic() + (expires_at - utcnow()).total_seconds()
         self._interval = runtime.settings.live_heartbeat_seconds
         self._next_check = time.monotonic() + self._interval
@@ -116,24 +121,40 @@ class _Admission:
         return True
 
     def _again(self) -> None:
-        if _feed_of(self._runtime, self._token, *self._asked) != self.feed:
+        principal = principal_from_credentials(self._runtime, token=self._token, api_key=None)
+        if _feed(principal, *self._asked) != self.feed:
             raise Forbidden("that channel is no longer yours")
 
+    def take_slot(self) -> bool:
+        """Hold one of the principal's live streams; False when all are taken."""
+        limit = self._runtime.settings.live_max_streams_per_user
+        return self._runtime.live_streams.take(self.subject, limit)
 
-def _feed_of(runtime: Runtime, token: str, scope: Scope, user_id: uuid.UUID | None) -> Feed:
-    """The feed ``token``'s live session may follow (blocking: one read)."""
-    principal = principal_from_credentials(runtime, token=token, api_key=None)
-    return _feed(principal, scope, user_id)
+    def give_slot_back(self) -> None:
+        self._runtime.live_streams.give_back(self.subject)
+
+    def refuse_if_full(self) -> None:
+        limit = self._runtime.settings.live_max_streams_per_user
+        if self._runtime.live_streams.full(self.subject, limit):
+            raise _too_many(limit)
+
+
+def _too_many(limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"you hold {limit} live streams open already; close one first",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _admit(
     runtime: Runtime, token: str | None, scope: Scope, user_id: uuid.UUID | None
 ) -> _Admission:
+    """The admission of ``token`` to a feed (blocking: one read); 401 or 403 if refused."""
     if not token:
         raise Unauthorized("send an access token")
-    feed = _feed_of(runtime, token, scope, user_id)
+    principal = principal_from_credentials(runtime, token=token, api_key=None)
     expires_at = runtime.tokens.verify(token).expires_at  # verified just above: cached
-    return _Admission(runtime, token, (scope, user_id), feed, expires_at)
+    return _Admission(runtime, token, (scope, user_id), principal, expires_at)
 
 
 def _log_after(runtime: Runtime, feed: Feed, after: int) -> list[dict[str, Any]]:
@@ -260,7 +281,10 @@ def _ended(problem: Problem) -> bytes:
     "/orders/live/sse",
     summary="Server-sent events of order status changes (resume with Last-Event-ID)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        429: {"description": "The principal holds its limit of live streams open"},
+    },
 )
 async def order_events(
     request: Request,
@@ -273,9 +297,16 @@ async def order_events(
     runtime: Runtime = request.app.state.runtime
     token = _token(authorization, access_token)
     admission = await run_in_threadpool(_admit, runtime, token, scope, user_id)
+    admission.refuse_if_full()
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
+        # Taken here, not before the response: only a started stream is sure to
+        # run its finally. Streams opened together may pass the check above and
+        # find the slots taken: they end at once.
+        if not admission.take_slot():
+            yield _ended(_too_many(runtime.settings.live_max_streams_per_user))
+            return
         messages = _messages(runtime, admission, last_event_id, request.is_disconnected)
         try:
             async for message in messages:
@@ -286,6 +317,8 @@ async def order_events(
                 yield b"id: %d\nevent: order.status\ndata: %s\n\n" % (message["seq"], data)
         except (Unauthorized, Forbidden) as problem:
             yield _ended(problem)
+        finally:
+            admission.give_slot_back()
 
     return StreamingResponse(
         stream(),
@@ -314,8 +347,22 @@ async def order_socket(
         detail = getattr(exc, "detail", "authentication failed")
         await websocket.close(code=4401, reason=str(detail)[:120])
         return
-    await websocket.accept()
+    if not admission.take_slot():
+        # Accepted first: a close before the handshake reaches the client as a bare 403.
+        limit = runtime.settings.live_max_streams_per_user
+        await websocket.accept()
+        await websocket.close(code=4429, reason=_too_many(limit).detail[:120])
+        return
+    try:
+        await websocket.accept()
+        await _send_feed(websocket, runtime, admission, after)
+    finally:
+        admission.give_slot_back()
 
+
+async def _send_feed(
+    websocket: WebSocket, runtime: Runtime, admission: _Admission, after: int | None
+) -> None:
     async def gone() -> bool:
         return websocket.client_state is not WebSocketState.CONNECTED
 

@@ -12,7 +12,7 @@ from typing import Protocol
 from opsline.db import Database
 from opsline.platform.auth.tokens import TokenSigner
 from opsline.platform.ratelimit import RateLimiter
-from opsline.platform.realtime import PubSub
+from opsline.platform.realtime import PubSub, StreamSlots
 from opsline.settings import Settings
 
 
@@ -34,6 +34,8 @@ class Runtime:
     background: list[BackgroundService] = field(default_factory=list)
     # "Something changed" fan-out (engine, realtime endpoints); set by bootstrap.
     pubsub: PubSub | None = None
+    # Live streams open per principal in this process (realtime endpoints' cap).
+    live_streams: StreamSlots = field(default_factory=StreamSlots)
 
     def start_background(self) -> None:
         for service in self.background:

@@ -8,12 +8,14 @@ from opsline.platform.realtime.pubsub import (
     Subscription,
     create_pubsub,
 )
+from opsline.platform.realtime.streams import StreamSlots
 
 __all__ = [
     "InProcessPubSub",
     "PostgresPubSub",
     "PubSub",
     "RedisPubSub",
+    "StreamSlots",
     "Subscription",
     "create_pubsub",
 ]

@@ -1,0 +1,39 @@
+"""Open live streams per principal, counted in this process."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+
+class StreamSlots:
+    """How many live streams each subject (``user:<id>``, ``apikey:<id>``) holds open.
+
+    The count is this process's only: behind a load balancer with several server
+    processes a subject may hold the limit in each of them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+
+    def full(self, subject: str, limit: int) -> bool:
+        with self._lock:
+            return self._open[subject] >= limit
+
+    def take(self, subject: str, limit: int) -> bool:
+        """Hold one more stream for ``subject``; False if it holds ``limit`` already.
+
+        Every successful take is matched by one :meth:`give_back`.
+        """
+        with self._lock:
+            if self._open[subject] >= limit:
+                return False
+            self._open[subject] += 1
+            return True
+
+    def give_back(self, subject: str) -> None:
+        with self._lock:
+            self._open[subject] -= 1
+            if self._open[subject] <= 0:
+                del self._open[subject]
