@@ -7,7 +7,8 @@ with them costs), or with ``--workers A,B`` A threads on side A and B on side B
 (``OTHER_SRC`` this checkout's own ``src`` and ``--workers 0,2``: the cost of the
 embedded workers themselves). wrk then posts hot-SKU orders to one and the other in
 turn, the order of the pair swapped every repetition, so that the machine's drift (a
-factor of two within minutes here) falls on both alike.
+factor of two within minutes here) falls on both alike. ``--redis on`` configures
+both with Redis (rate limits, pub/sub), ``--redis lock`` with its orders lock too.
 Both servers run on one CPU (the last) and wrk on the others, so that neither side
 gets a core to itself by chance (``--no-pin``: anywhere). Against an identical side
 A, side B came out 3-10% ahead on SQLite unpinned, 1-6% pinned (medians of 8 pairs).
@@ -15,7 +16,8 @@ Reported: the server's CPU per order, orders/s and p99 of each side (medians), t
 median of the per-pair ratios B/A, and their range: the method's own spread.
 
 Usage: ``python -m bench.orders_ab [OTHER_SRC] [--quick] [--backends sqlite,postgresql]
-[--clients 1,8] [--repeats 10] [--seconds 3] [--workers 0 | --workers A,B] [--no-pin]``, where
+[--clients 1,8] [--repeats 10] [--seconds 3] [--workers 0 | --workers A,B] [--redis on|lock]
+[--no-pin]``, where
 ``OTHER_SRC`` is the ``src`` folder of the other checkout (a ``git worktree`` of the
 older commit, say): side A. Without it side A is this checkout too: the spread of
 the method itself, or with ``--workers 0,2`` the cost of the embedded workers.
@@ -43,14 +45,25 @@ from bench._http import (
     run_cli,
     server,
 )
-from bench.orders import SERVER_ENV, _hot, _serve, _shop
+from bench.orders import REDIS_ENV, REDIS_LOCK_ENV, SERVER_ENV, _hot, _serve, _shop
 
 
 def _side(
-    stack: ExitStack, backend: str, src: Path, workers: int, cpus: str | None
+    stack: ExitStack,
+    backend: str,
+    src: Path,
+    workers: int,
+    cpus: str | None,
+    services: dict[str, str],
 ) -> tuple[Served, dict[str, Any]]:
     env = stack.enter_context(database(backend))
-    env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(workers), "PYTHONPATH": str(src)}
+    env = {
+        **SERVER_ENV,
+        **env,
+        **services,
+        "OPSLINE_EMBEDDED_WORKERS": str(workers),
+        "PYTHONPATH": str(src),
+    }
     run_cli(opsline("migrate"), env)
     command, port = _serve(env)
     if cpus is not None:
@@ -76,12 +89,13 @@ def run_backend(
     seconds: float,
     workers: tuple[int, int],
     cpus: str | None,
+    services: dict[str, str],
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with ExitStack() as stack:
         sides = {
-            "a": _side(stack, backend, other, workers[0], cpus),
-            "b": _side(stack, backend, REPO / "src", workers[1], cpus),
+            "a": _side(stack, backend, other, workers[0], cpus, services),
+            "b": _side(stack, backend, REPO / "src", workers[1], cpus, services),
         }
         for c in clients:
             log(f"{backend}: A/B with {c} clients, {repeats} repetitions")
@@ -132,6 +146,12 @@ def main() -> None:
         help="embedded payment worker threads: N on both sides, or A,B",
     )
     parser.add_argument(
+        "--redis",
+        choices=("off", "on", "lock"),
+        default="off",
+        help="both servers configured with Redis (on), and its orders lock layer (lock)",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
@@ -152,10 +172,11 @@ def main() -> None:
     repeats = args.repeats or (4 if args.quick else 10)
     seconds = args.seconds or (2.0 if args.quick else 3.0)
     cpus = _pin() if args.pin else None
+    services = {"off": {}, "on": REDIS_ENV, "lock": {**REDIS_ENV, **REDIS_LOCK_ENV}}[args.redis]
     backends: dict[str, Any] = {}
     for backend in args.backends.split(","):
         backends[backend] = run_backend(
-            backend, args.other_src.resolve(), clients, repeats, seconds, workers, cpus
+            backend, args.other_src.resolve(), clients, repeats, seconds, workers, cpus, services
         )
     emit(
         {
@@ -165,6 +186,7 @@ def main() -> None:
             "repeats": repeats,
             "seconds": seconds,
             "workers": {"a": workers[0], "b": workers[1]},
+            "redis": args.redis,
             "server_cpus": cpus,
             "backends": backends,
         }

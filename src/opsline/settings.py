@@ -148,14 +148,24 @@ class Settings(BaseSettings):
         """
         if self.event_loop != "auto":
             return self.event_loop
-        if self.is_sqlite and self.waits_only_on_database:
+        if self.is_sqlite and self.units_on_loop:
             return "asyncio"
         return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
     @property
-    def waits_only_on_database(self) -> bool:
-        """No Redis and no broker: a request's blocking calls all go to the database."""
-        return not self.redis_url and not self.broker_url
+    def units_on_loop(self) -> bool:
+        """Whether requests' units of work run on the event loop (see ``db_work``).
+
+        They do when every round trip they make can be awaited there or never
+        waits: PostgreSQL's statements and Redis's commands are awaited inside
+        ``Database.on_loop`` (``opsline.platform.loop``); SQLite's run inline,
+        so only without Redis (an await in the middle of a unit would let
+        another unit of the loop's thread into the write lock). A broker's
+        publish blocks: with one, units go to the thread pool.
+        """
+        if self.broker_url:
+            return False
+        return not self.is_sqlite or not self.redis_url
 
     @field_validator("redis_url")
     @classmethod

@@ -18,6 +18,7 @@ from opsline.api.routers import api_routers
 from opsline.bootstrap import bootstrap
 from opsline.platform.http.deps import document_security
 from opsline.platform.http.problems import document_problems
+from opsline.platform.loop import close_running_loop
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             # Off the loop: embedded workers finish their jobs' units on it meanwhile.
             await asyncio.to_thread(runtime.stop_background)
             await runtime.db.dispose_on_loop()
+            await close_running_loop()  # the loop's Redis clients
 
     app = FastAPI(
         title="Opsline",

@@ -69,15 +69,15 @@ class JobContext:
         its round trips hands the GIL back and forth with the busy loop, and on
         SQLite it holds the write lock (every order waits) while it waits to get
         the GIL back. Everywhere else it runs here, in the job's thread: in
-        ``opsline worker``, in a test, and wherever a unit may wait on Redis or a
-        broker (a request's unit then goes to the thread pool too).
+        ``opsline worker``, in a test, and wherever requests' units go to the
+        thread pool (``Settings.units_on_loop``: with a broker, or SQLite with Redis).
 
         ``work`` must be one unit and nothing else: on SQLite a unit that finds
         the lock taken raises ``WriteLockBusy`` before it does anything, and
         ``work`` is called again.
         """
         loop = self.loop
-        if loop is None or not self.settings.waits_only_on_database:
+        if loop is None or not self.settings.units_on_loop:
             return work(True)
         future = asyncio.run_coroutine_threadsafe(run_write(self.db, work), loop)
         while True:

@@ -1,9 +1,10 @@
-"""Where a request's database work runs: on the event loop when it can wait on nothing else.
+"""Where a request's database work runs: on the event loop whenever it can wait there.
 
 The hop to the thread pool and back costs a busy server more than a short use
 case itself (context switches, the GIL handed between threads, and every
-round trip to PostgreSQL hands it over again). So when a request waits on
-nothing but its database (no Redis, no broker: ``Settings.waits_only_on_database``):
+round trip to PostgreSQL or Redis hands it over again). So whenever every
+round trip of a request can be awaited on the loop (``Settings.units_on_loop``:
+no broker, and on SQLite no Redis):
 
 - SQLite: the work runs inline on the loop. A read never waits. A write runs
   only while the write lock is free this instant (``Database.unit_of_work(wait=False)``);
@@ -12,7 +13,8 @@ nothing but its database (no Redis, no broker: ``Settings.waits_only_on_database
   it waits in the thread pool instead, so the loop never blocks on a lock.
 - PostgreSQL: the same code runs on the loop with its statements awaited
   (``Database.on_loop``): a lock wait in the database suspends the request, not
-  the loop.
+  the loop. Its Redis commands (rate limit, the orders' lock, publishing after
+  commit) are awaited there too (``opsline.platform.loop``).
 
 Everywhere else the work runs in the thread pool.
 
@@ -41,7 +43,7 @@ LOCAL_WAIT_SECONDS = 1.0
 
 async def run_read(db: Database, read: Callable[[], T]) -> T:
     """``read()``, which may also write briefly where it cannot wait (never on SQLite's lock)."""
-    if db.settings.waits_only_on_database:
+    if db.settings.units_on_loop:
         if db.is_sqlite:
             return read()
         return await db.on_loop(read)
@@ -50,7 +52,7 @@ async def run_read(db: Database, read: Callable[[], T]) -> T:
 
 async def run_write(db: Database, write: Callable[[bool], T]) -> T:
     """``write(wait)``, a unit of work; ``wait=False`` on SQLite's loop (see above)."""
-    if not db.settings.waits_only_on_database:
+    if not db.settings.units_on_loop:
         return await run_in_threadpool(write, True)
     if not db.is_sqlite:
         return await db.on_loop(write, True)

@@ -7,9 +7,9 @@ dependency authenticates the request, checks the permission (403 when the
 principal's role lacks it), applies the per-principal rate limit, and hands
 the endpoint a :class:`Context` bound to the principal's tenant.
 
-The live-session lookup is a blocking read. When it waits on nothing but the
-database (no Redis rate limits: ``Settings.waits_only_on_database``) it runs on
-the event loop (see ``opsline.platform.http.db_work``): the hop to the thread
+The live-session lookup is a blocking read. Where requests' units run on the
+event loop (``Settings.units_on_loop``) it runs there, the rate limit's Redis
+commands awaited (see ``opsline.platform.http.db_work``): the hop to the thread
 pool and back would cost more than the check. On SQLite an API key, whose use
 may be written down (and so wait on the write lock), is checked in the pool.
 

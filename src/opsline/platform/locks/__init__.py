@@ -7,6 +7,10 @@ a 409. Correctness must never depend on these locks (the database's
 conditional updates and constraints are the truth); they only keep contending
 requests from doing work that would be refused anyway. Redis unreachable is a
 503 before any work; a release that fails leaves the lock to its expiry.
+
+Inside ``Database.on_loop`` (a request's use case on the event loop) every
+round trip and every wait between tries is awaited (``opsline.platform.loop``):
+a request waiting for a lock suspends only itself.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
+import redis.asyncio
 import structlog
 
+from opsline.platform import loop
 from opsline.platform.http.problems import Conflict, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
@@ -48,6 +54,9 @@ class RedisLocks:
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
         self._release = self.client.register_script(_RELEASE)
+        self._on_loop = loop.PerLoop(
+            lambda: _AsyncClient(url), lambda client: client.redis.aclose()
+        )
 
     @contextmanager
     def hold(self, keys: Sequence[str]) -> Iterator[None]:
@@ -68,18 +77,40 @@ class RedisLocks:
         finally:
             for key in reversed(taken):
                 try:
-                    self._release(keys=[key], args=[token])
+                    self._release_key(key, token)
                 except redis.RedisError as exc:  # it expires after ttl_ms
                     log.warning("lock_release_failed", error=type(exc).__name__)
 
     def _acquire(self, key: str, token: str) -> None:
         deadline = time.monotonic() + self.wait_ms / 1000
         delay = 0.002
-        while not self.client.set(key, token, nx=True, px=self.ttl_ms):
+        while not self._take(key, token):
             if time.monotonic() >= deadline:
                 raise LockBusy(f"{key.rsplit(':', 1)[-1]} is busy; retry shortly")
-            time.sleep(random.uniform(0, delay))  # full jitter
+            loop.sleep(random.uniform(0, delay))  # full jitter
             delay = min(delay * 2, 0.1)
+
+    def _take(self, key: str, token: str) -> bool:
+        return bool(
+            loop.call(
+                lambda: self.client.set(key, token, nx=True, px=self.ttl_ms),
+                lambda: self._on_loop.get().redis.set(key, token, nx=True, px=self.ttl_ms),
+            )
+        )
+
+    def _release_key(self, key: str, token: str) -> None:
+        loop.call(
+            lambda: self._release(keys=[key], args=[token]),
+            lambda: self._on_loop.get().release(keys=[key], args=[token]),
+        )
 
     def close(self) -> None:
         self.client.close()
+
+
+class _AsyncClient:
+    """The asyncio client of one event loop, with the release script registered on it."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.release = self.redis.register_script(_RELEASE)

@@ -5,6 +5,10 @@ Limiters are keyed by what is limited (a principal, an IP, an IP and an email).
 numbers for the ``RateLimit-*`` and ``Retry-After`` headers. The strategy is
 the sliding-window counter: constant work per hit whatever the limit (a moving
 window keeps one timestamp per hit, which costs more the higher the limit).
+
+With Redis, a hit from a use case on the event loop (``Database.on_loop``) is
+awaited there with the library's asyncio strategy, on the same keys
+(``opsline.platform.loop``); anywhere else it blocks.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ import math
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
+import redis.asyncio
+from limits import RateLimitItem, WindowStats, parse
+from limits.aio import storage as aio_storage
+from limits.aio import strategies as aio_strategies
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from opsline.platform import loop
 from opsline.platform.http.problems import TooManyRequests
 
 
@@ -68,13 +76,41 @@ def _parse(rate: str) -> RateLimitItem:
     return parse(rate)
 
 
+class _LoopLimiter:
+    """The asyncio strategy of one event loop, on a connection pool of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.pool = redis.asyncio.ConnectionPool.from_url(url)
+        # connection_pool is a documented option the stubs' **options type leaves out.
+        storage = aio_storage.RedisStorage(
+            "async+" + url,
+            implementation="redispy",
+            connection_pool=self.pool,  # type: ignore[arg-type]
+        )
+        self.strategy = aio_strategies.SlidingWindowCounterRateLimiter(storage)
+
+    async def hit(
+        self, item: RateLimitItem, keys: tuple[str, ...], cost: int
+    ) -> tuple[bool, WindowStats]:
+        allowed = await self.strategy.hit(item, *keys, cost=cost)
+        return allowed, await self.strategy.get_window_stats(item, *keys)
+
+
 class RateLimiter:
     def __init__(self, redis_url: str | None = None) -> None:
         self.storage: Storage = RedisStorage(redis_url) if redis_url else SweptMemoryStorage()
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self._on_loop = (
+            loop.PerLoop(lambda: _LoopLimiter(redis_url), lambda found: found.pool.aclose())
+            if redis_url
+            else None
+        )
 
     def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
         item = _parse(rate) if isinstance(rate, str) else rate
+        if self._on_loop is not None and loop.awaiting():
+            allowed, stats = loop.wait(self._on_loop.get().hit(item, keys, cost))
+            return _state(item, allowed, stats)
         allowed = self._limiter.hit(item, *keys, cost=cost)
         return self._state(item, allowed, keys)
 
@@ -96,10 +132,13 @@ class RateLimiter:
         self._limiter.clear(_parse(rate), *keys)
 
     def _state(self, item: RateLimitItem, allowed: bool, keys: tuple[str, ...]) -> RateState:
-        stats = self._limiter.get_window_stats(item, *keys)
-        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
-        return RateState(allowed, item.amount, max(0, stats.remaining), reset_after)
+        return _state(item, allowed, self._limiter.get_window_stats(item, *keys))
 
     def check(self) -> None:
         if not self.storage.check():
             raise ConnectionError("rate-limit storage not reachable")
+
+
+def _state(item: RateLimitItem, allowed: bool, stats: WindowStats) -> RateState:
+    reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+    return RateState(allowed, item.amount, max(0, stats.remaining), reset_after)

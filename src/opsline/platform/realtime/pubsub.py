@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from opsline.platform import loop
 from opsline.platform.realtime._listener import Listener
 from opsline.settings import Settings
 
@@ -114,17 +115,32 @@ class RedisPubSub:
 
     def __init__(self, url: str) -> None:
         import redis
+        import redis.asyncio
 
         self._client = redis.Redis.from_url(url)
+        # Publishing from a use case on the event loop (after its commit) is awaited.
+        self._on_loop = loop.PerLoop(
+            lambda: redis.asyncio.Redis.from_url(url), lambda client: client.aclose()
+        )
 
     def publish(self, channel: str, message: Message) -> None:
-        self._client.publish(channel, orjson.dumps({**message, "channel": channel}))
+        self.publish_many([(channel, message)])
 
     def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        payloads = [(name, orjson.dumps({**body, "channel": name})) for name, body in messages]
+        loop.call(lambda: self._publish(payloads), lambda: self._publish_on_loop(payloads))
+
+    def _publish(self, payloads: Sequence[tuple[str, bytes]]) -> None:
         pipeline = self._client.pipeline(transaction=False)
-        for channel, message in messages:
-            pipeline.publish(channel, orjson.dumps({**message, "channel": channel}))
+        for channel, payload in payloads:
+            pipeline.publish(channel, payload)
         pipeline.execute()
+
+    async def _publish_on_loop(self, payloads: Sequence[tuple[str, bytes]]) -> None:
+        async with self._on_loop.get().pipeline(transaction=False) as pipeline:
+            for channel, payload in payloads:
+                pipeline.publish(channel, payload)
+            await pipeline.execute()
 
     def subscribe(self, *channels: str) -> Subscription:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]

@@ -1,0 +1,92 @@
+"""Round trips to Redis from code that may run on the event loop.
+
+:meth:`opsline.db.Database.on_loop` runs a request's synchronous use case in a
+greenlet on the server's event loop, its statements awaited. The use case's
+other round trips (the rate limit, the orders' lock, a publish after commit)
+are awaited there as well, through :func:`call`: inside ``on_loop`` it awaits
+the asynchronous form, anywhere else (a thread of the pool, a worker, the
+CLI) it runs the blocking one. The caller stays plain synchronous code.
+
+An asyncio client's connections belong to the loop that opened them, so each
+loop gets clients of its own (:class:`PerLoop`); the server closes its loop's
+with :func:`close_running_loop` when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+def awaiting() -> bool:
+    """Whether this code runs inside ``Database.on_loop``, where round trips are awaited."""
+    return bool(in_greenlet())
+
+
+def wait(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, awaited on the loop; only where :func:`awaiting` is true."""
+    return await_(awaitable)
+
+
+def call(blocking: Callable[[], T], on_loop: Callable[[], Awaitable[T]]) -> T:
+    """``blocking()``, or inside ``Database.on_loop`` ``on_loop()`` awaited on the loop."""
+    if in_greenlet():
+        return await_(on_loop())
+    return blocking()
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep``, which on the loop suspends only the caller."""
+    if in_greenlet():
+        await_(asyncio.sleep(seconds))
+        return
+    import time
+
+    time.sleep(seconds)
+
+
+_all: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
+
+
+class PerLoop(Generic[C]):
+    """One client per event loop, made on first use by ``make`` and closed by ``close``."""
+
+    def __init__(self, make: Callable[[], C], close: Callable[[C], Awaitable[object]]) -> None:
+        self._make, self._close = make, close
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        _all.add(self)
+
+    def get(self) -> C:
+        """The running loop's client."""
+        loop = asyncio.get_running_loop()
+        found = self._clients.get(loop)
+        if found is None:
+            with self._lock:
+                found = self._clients.get(loop)
+                if found is None:
+                    found = self._clients[loop] = self._make()
+        return found
+
+    async def close_running(self) -> None:
+        with self._lock:
+            found = self._clients.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await self._close(found)
+
+
+async def close_running_loop() -> None:
+    """Close every :class:`PerLoop` client of the running loop."""
+    for clients in list(_all):
+        await clients.close_running()
