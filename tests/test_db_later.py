@@ -251,6 +251,72 @@ def test_lookups_and_held_back_writes_commit_as_one_statement(db: Database) -> N
         assert sent == [("SELECT", True), ("WITH", True)]
 
 
+def test_a_returned_row_reaches_its_reader_with_the_carrying_statement(
+    db: Database, sent: list[str]
+) -> None:
+    """A held-back insert whose RETURNING is wanted (a sequence number for a message
+    after commit) still costs no round trip of its own: on PostgreSQL it comes back
+    as columns of the one statement that commits the unit, in autocommit."""
+    got: list[tuple[str, int]] = []
+    with db.unit_of_work() as uow:
+        uow.execute_later(*values_insert(things, [_thing("a")]))
+        for name in ("first", "second"):
+            uow.execute_later(
+                *values_insert(notes, [_thing(name)], returning=("seq", "name")),
+                returned=lambda row: got.append((row.name, row.seq)),
+            )
+        uow.execute_later(*values_insert(things, [_thing("b")]))
+        if not db.is_sqlite:
+            assert got == []  # held back until the unit sends them
+        sent.clear()
+    statements = [statement.split()[0] for statement in sent]
+    assert got == [("first", 1), ("second", 2)]
+    assert _names(db, things) == ["a", "b"]
+    if not db.is_sqlite:
+        assert statements == ["WITH"]
+
+
+def test_a_returned_row_is_read_before_a_statement_runs_and_dropped_on_rollback(
+    db: Database,
+) -> None:
+    got: list[int] = []
+    with db.unit_of_work() as uow:
+        uow.execute_later(
+            *values_insert(notes, [_thing("sent")], returning=("seq",)),
+            returned=lambda row: got.append(row.seq),
+        )
+        uow.execute(*values_insert(things, [_thing("a")]))
+        assert got == [1]
+        uow.execute_later(
+            *values_insert(notes, [_thing("dropped")], returning=("seq",)),
+            returned=lambda row: got.append(row.seq),
+        )
+        uow.rollback()
+        uow.execute_later(*values_insert(things, [_thing("after")]))
+    # SQLite runs a write, and gives its row, when it is made; PostgreSQL sent nothing.
+    assert got == ([1, 2] if db.is_sqlite else [1])
+    assert _names(db, things) == ["after"]
+    assert _names(db, notes) == []
+
+
+def test_a_failed_guard_drops_the_returned_rows_with_the_writes(db: Database) -> None:
+    got: list[int] = []
+
+    def refused() -> None:
+        with db.unit_of_work() as uow:
+            uow.execute_later(
+                *values_insert(notes, [_thing("dropped")], returning=("seq",)),
+                returned=lambda row: got.append(row.seq),
+            )
+            uow.execute_later(*_rename("absent", "x"), expect=1, otherwise=Refused)
+
+    with pytest.raises(Refused):
+        refused()
+    if not db.is_sqlite:  # SQLite ran the insert, and its reader, when it was made
+        assert got == []
+    assert _names(db, notes) == []
+
+
 def test_a_long_closing_statement_is_parsed_once(db: Database) -> None:
     """psycopg caches its placeholder conversion only for short queries by default;
     a closing statement of many held-back writes is longer, and repeats."""

@@ -56,6 +56,7 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import structlog
@@ -417,6 +418,7 @@ class UnitOfWork:
         self._last: list[Callable[[], None]] = []
         self._later: list[tuple[Executable, Mapping[str, Any]]] = []
         self._guards: list[_Guard] = []
+        self._returned: dict[int, Callable[[Any], None]] = {}  # slot in _later: its reader
         self._committed = False
         self.info: dict[str, Any] = {}
 
@@ -470,6 +472,7 @@ class UnitOfWork:
         *,
         expect: int | None = None,
         otherwise: Callable[[], BaseException] | None = None,
+        returned: Callable[[Any], None] | None = None,
     ) -> None:
         """A write whose outcome nothing in the transaction waits for.
 
@@ -487,10 +490,19 @@ class UnitOfWork:
         return that many rows; if not, the unit is rolled back and the error
         ``otherwise()`` makes is raised where the write is sent. On PostgreSQL
         the check runs inside the statement that carries the write.
+
+        ``returned``: the statement returns one row (a RETURNING clause), which is
+        given to ``returned`` once the write is sent (an id the database assigns,
+        for a message after commit), by column name; on PostgreSQL it comes back
+        as columns of the statement that carries the write.
         """
         if expect is not None and otherwise is None:
             raise ValueError("execute_later(expect=...) needs otherwise=")
         if not self._postgres:
+            if returned is not None:
+                [row] = _rows(self.connection, statement, params)
+                returned(row)
+                return
             rows = _run_write(self.connection, statement, params, count_rows=expect is not None)
             if expect is not None and rows != expect:
                 self.rollback()
@@ -500,6 +512,8 @@ class UnitOfWork:
             self._guards.append(
                 _Guard(len(self._later), expect, cast(Callable[[], BaseException], otherwise))
             )
+        if returned is not None:
+            self._returned[len(self._later)] = returned
         self._later.append((statement, params))
 
     def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Any:
@@ -512,8 +526,8 @@ class UnitOfWork:
         parameters (see :func:`values_insert`). Returns the statement's result.
         Guarded writes are sent first, on their own.
         """
-        if self._guards or any(isinstance(s, Select) for s, _ in self._later):
-            self.send()  # checks and SELECTs go in a statement of their own
+        if self._guards or self._returned or any(isinstance(s, Select) for s, _ in self._later):
+            self.send()  # checks, SELECTs and returned rows go in a statement of their own
         if not self._later:
             return self._conn().execute(statement, params)
         later, self._later = self._later, []
@@ -534,20 +548,34 @@ class UnitOfWork:
     def _send_later(self, conn: Connection) -> None:
         later, self._later = self._later, []
         guards, self._guards = self._guards, []
-        if not guards and not any(isinstance(s, Select) for s, _ in later):
+        returned, self._returned = self._returned, {}
+        if not guards and not returned and not any(isinstance(s, Select) for s, _ in later):
             # the last write carries the others
             statement, params = later.pop()
             _run_write(conn, *_carrying(statement, params, later), count_rows=False)
             return
-        statement, merged = _closing(later, tuple((g.slot, g.expect) for g in guards))
+        statement, merged = _closing(
+            later, tuple((g.slot, g.expect) for g in guards), tuple(sorted(returned))
+        )
         try:
-            _run_write(conn, statement, merged, count_rows=False)
+            if not returned:
+                _run_write(conn, statement, merged, count_rows=False)
+                return
+            [row] = _rows(conn, statement, merged)
         except DBAPIError as exc:
             failed = _failed_guard(exc)
             if failed is None:
                 raise
             self.rollback()
             raise guards[failed].otherwise() from None
+        values = row._asdict()
+        for slot, reader in sorted(returned.items()):
+            prefix = f"r{slot}_"
+            reader(
+                SimpleNamespace(
+                    **{k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+                )
+            )
 
     def _conn(self) -> Connection:
         self._session.flush()
@@ -604,6 +632,7 @@ class UnitOfWork:
             self._outside.rollback()  # nothing to undo in autocommit; resets its state
         self._later.clear()
         self._guards.clear()
+        self._returned.clear()
         self._last.clear()
         self._after_commit.clear()
         self.info.clear()
@@ -880,23 +909,30 @@ def _with_ctes(statement: Executable, later: tuple[Executable, ...]) -> Executab
 
 
 def _closing(
-    later: list[tuple[Executable, Mapping[str, Any]]], guards: tuple[tuple[int, int], ...]
+    later: list[tuple[Executable, Mapping[str, Any]]],
+    guards: tuple[tuple[int, int], ...],
+    returned: tuple[int, ...] = (),
 ) -> tuple[Executable, dict[str, Any]]:
     """The ``later`` statements as one SELECT, and all their parameters.
 
     Writes become its data-modifying CTEs, held-back SELECTs (a ``pg_notify``)
-    give it their columns, and each guard's check is a column of it.
+    give it their columns, each guard's check is a column of it, and so is each
+    column that the writes in ``returned`` (slots of ``later``) return
+    (``r<slot>_<name>``).
     """
     merged: dict[str, Any] = {}
     for slot, (_, values) in enumerate(later):
         merged.update({f"w{slot}_{name}": value for name, value in values.items()})
     for number, (_, expect) in enumerate(guards):
         merged[f"g{number}"] = expect
-    return _closing_select(tuple(s for s, _ in later), tuple(slot for slot, _ in guards)), merged
+    slots = tuple(slot for slot, _ in guards)
+    return _closing_select(tuple(s for s, _ in later), slots, returned), merged
 
 
 @functools.lru_cache(maxsize=256)
-def _closing_select(later: tuple[Executable, ...], slots: tuple[int, ...]) -> Executable:
+def _closing_select(
+    later: tuple[Executable, ...], slots: tuple[int, ...], returned: tuple[int, ...] = ()
+) -> Executable:
     ctes: dict[int, Any] = {}
     columns: list[Any] = []
     for slot, statement in enumerate(later):
@@ -907,6 +943,11 @@ def _closing_select(later: tuple[Executable, ...], slots: tuple[int, ...]) -> Ex
             )
         else:
             ctes[slot] = prefixed.cte(f"w{slot}")
+    for slot in returned:
+        columns.extend(
+            select(column).scalar_subquery().label(f"r{slot}_{column.key}")
+            for column in ctes[slot].c
+        )
     checks = [
         func.opsline_expect(
             select(func.count()).select_from(ctes[slot]).scalar_subquery()

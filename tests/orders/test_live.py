@@ -312,3 +312,30 @@ def test_twenty_streams_share_one_listen_connection(live: Live) -> None:
         live.order([(product, 1)], key="many-1")
         for events in streams:
             assert _statuses_until(events, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+
+
+@pytest.mark.redis
+class TestThroughRedis:
+    """With Redis the status goes out over Redis pub/sub; on PostgreSQL the orders, the
+    embedded workers' units and their publishes run on the server's loop, awaited."""
+
+    @pytest.fixture
+    def settings_overrides(self, redis_url: str) -> dict[str, object]:
+        return {**SETTINGS, "redis_url": redis_url, "orders_redis_lock": True}
+
+    def test_sse_and_websocket_deliver_my_order_to_paid(self, live: Live) -> None:
+        product = live.product("REDIS", stock=5)
+        token = live.member["Authorization"].removeprefix("Bearer ")
+        url = live.base.replace("http", "ws") + f"/api/v1/orders/live/ws?access_token={token}"
+        with sse(live, live.member) as mine, connect(url) as socket:
+            time.sleep(0.2)
+            order = live.order([(product, 1)], key="redis-1").json()
+            assert _statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+            received: list[dict[str, Any]] = []
+            while not received or received[-1]["status"] != "PAID":
+                message = json.loads(socket.recv(timeout=20))
+                if "status" in message:
+                    received.append(message)
+        assert [m["status"] for m in received] == ["PENDING", "PROCESSING", "PAID"]
+        assert {m["order_id"] for m in received} == {order["id"]}
+        assert live.stock(product) == 4

@@ -8,6 +8,7 @@ status-log sequence number, so a client that reconnects resumes from the log.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from opsline.db import UnitOfWork
@@ -42,6 +43,16 @@ def channels(order: Any) -> list[str]:
 
 
 def push_after_commit(uow: UnitOfWork, seq: int, order: Any, status: str) -> None:
-    message = status_message(seq, order, status)
-    for name in channels(order):
-        send_after_commit(uow, name, message)
+    pusher(uow, order, status)(seq)
+
+
+def pusher(uow: UnitOfWork, order: Any, status: str) -> Callable[[int], None]:
+    """What pushes the order's status once its ``seq`` is known; ``order`` is read now."""
+    message = status_message(0, order, status)
+    names = channels(order)
+
+    def push(seq: int) -> None:
+        for name in names:
+            send_after_commit(uow, name, {**message, "seq": seq})
+
+    return push

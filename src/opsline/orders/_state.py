@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 
 from opsline.db import UnitOfWork, utcnow, values_insert
-from opsline.orders._live import channels, push_after_commit, status_message
+from opsline.orders._live import channels, push_after_commit, pusher, status_message
 from opsline.orders.errors import InvalidTransition
 from opsline.orders.models import changes_table, orders_table
 from opsline.platform.engine.changes import notified_in_statements
@@ -72,15 +72,19 @@ def record_status(uow: UnitOfWork, order: Any, status: OrderStatus) -> None:
     """Append to the status log and push the change to live subscribers after commit.
 
     ``order`` is anything with the order's columns as attributes (a row or a model).
-    With PostgreSQL's ``NOTIFY`` as the pub/sub the entry is held back, and the
-    insert itself notifies, with the ``seq`` it assigns: no round trip of its own.
+    The entry is held back either way (no round trip of its own): with PostgreSQL's
+    ``NOTIFY`` as the pub/sub the insert itself notifies, with the ``seq`` it
+    assigns; with another the ``seq`` comes back with the statement that carries
+    the insert, and the message goes out after commit.
     """
     row = {column: getattr(order, field) for column, field in _LOGGED.items()}
     row["status"] = status.value
     if not notified_in_statements(uow):
-        [inserted] = uow.fetch(*values_insert(changes_table, [row], returning=("seq",)))
-        seq = inserted.seq
-        push_after_commit(uow, seq, order, status.value)
+        push = pusher(uow, order, status.value)
+        uow.execute_later(
+            *values_insert(changes_table, [row], returning=("seq",)),
+            returned=lambda inserted: push(inserted.seq),
+        )
         return
     insert_row, params = values_insert(changes_table, [row])
     message = status_message(0, order, status.value)  # its seq comes from the insert

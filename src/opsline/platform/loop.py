@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -48,10 +49,8 @@ def sleep(seconds: float) -> None:
     """``time.sleep``, which on the loop suspends only the caller."""
     if in_greenlet():
         await_(asyncio.sleep(seconds))
-        return
-    import time
-
-    time.sleep(seconds)
+    else:
+        time.sleep(seconds)
 
 
 _all: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
