@@ -16,9 +16,13 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio
+import structlog
 from limits import RateLimitItem, WindowStats, parse
 from limits.aio import storage as aio_storage
 from limits.aio import strategies as aio_strategies
@@ -26,7 +30,26 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from opsline.platform import loop
-from opsline.platform.http.problems import TooManyRequests
+from opsline.platform.http.problems import ServiceUnavailable, TooManyRequests
+
+log = structlog.get_logger(__name__)
+
+
+class RateLimitsUnavailable(ServiceUnavailable):
+    type_slug = "rate-limits-unavailable"
+    title = "Rate limits unavailable"
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Redis unreachable (or failing) is a 503 before any work, not a 500."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("rate_limits_unavailable", error=type(exc).__name__)
+        raise RateLimitsUnavailable(
+            "the rate-limit service is unreachable; retry shortly", headers={"Retry-After": "1"}
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +103,9 @@ class _LoopLimiter:
     """The asyncio strategy of one event loop, on a connection pool of its own."""
 
     def __init__(self, url: str) -> None:
-        self.pool = redis.asyncio.ConnectionPool.from_url(url)
+        self.pool = redis.asyncio.ConnectionPool.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2
+        )
         # connection_pool is a documented option the stubs' **options type leaves out.
         storage = aio_storage.RedisStorage(
             "async+" + url,
@@ -108,16 +133,18 @@ class RateLimiter:
 
     def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
         item = _parse(rate) if isinstance(rate, str) else rate
-        if self._on_loop is not None and loop.awaiting():
-            allowed, stats = loop.wait(self._on_loop.get().hit(item, keys, cost))
-            return _state(item, allowed, stats)
-        allowed = self._limiter.hit(item, *keys, cost=cost)
-        return self._state(item, allowed, keys)
+        with _storage_errors():
+            if self._on_loop is not None and loop.awaiting():
+                allowed, stats = loop.wait(self._on_loop.get().hit(item, keys, cost))
+                return _state(item, allowed, stats)
+            allowed = self._limiter.hit(item, *keys, cost=cost)
+            return self._state(item, allowed, keys)
 
     def test(self, rate: str | RateLimitItem, *keys: str) -> RateState:
         """Check without consuming (e.g. refuse a login already over its failures)."""
         item = _parse(rate) if isinstance(rate, str) else rate
-        return self._state(item, self._limiter.test(item, *keys), keys)
+        with _storage_errors():
+            return self._state(item, self._limiter.test(item, *keys), keys)
 
     def enforce(self, rate: str, *keys: str, what: str) -> RateState:
         state = self.hit(rate, *keys)
@@ -129,7 +156,8 @@ class RateLimiter:
         return state
 
     def clear(self, rate: str, *keys: str) -> None:
-        self._limiter.clear(_parse(rate), *keys)
+        with _storage_errors():
+            self._limiter.clear(_parse(rate), *keys)
 
     def _state(self, item: RateLimitItem, allowed: bool, keys: tuple[str, ...]) -> RateState:
         return _state(item, allowed, self._limiter.get_window_stats(item, *keys))

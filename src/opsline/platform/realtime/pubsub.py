@@ -120,7 +120,8 @@ class RedisPubSub:
         self._client = redis.Redis.from_url(url)
         # Publishing from a use case on the event loop (after its commit) is awaited.
         self._on_loop = loop.PerLoop(
-            lambda: redis.asyncio.Redis.from_url(url), lambda client: client.aclose()
+            lambda: redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
+            lambda client: client.aclose(),
         )
 
     def publish(self, channel: str, message: Message) -> None:
