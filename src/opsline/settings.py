@@ -165,7 +165,9 @@ class Settings(BaseSettings):
         """
         if self.broker_url:
             return False
-        return not self.is_sqlite or not self.redis_url
+        # Redis first: is_sqlite resolves the database's path (a system call), and
+        # this is asked on every request.
+        return not self.redis_url or not self.is_sqlite
 
     @field_validator("redis_url")
     @classmethod
