@@ -66,6 +66,22 @@ def test_a_job_id_beyond_bigint_is_a_usage_error(cli: CliRunner, command: str) -
     assert result.exit_code == 2 and "Invalid value" in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs", "list", "--queue", "high\x00"],
+        ["jobs", "list", "--name", "orders.\nx"],
+        ["events", "replay", "--listener", "a\x00b", "--since", "2h"],
+        ["worker", "--queues", "high,\x00"],
+    ],
+)
+def test_control_characters_in_names_are_a_usage_error(cli: CliRunner, args: list[str]) -> None:
+    """PostgreSQL refuses a NUL in text with a traceback; the API answers such names 422."""
+    result = cli.invoke(app, args)
+    assert result.exit_code == 2
+    assert "control characters" in result.output
+
+
 def test_events_list_and_replay(cli: CliRunner, db: Database) -> None:
     with db.unit_of_work() as uow:
         publish(uow, OrderApproved(tenant_id=uuid.uuid4(), order_id=uuid.uuid4(), amount_cents=5))

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from opsline.db import BIGINT_MAX
+from opsline.platform.clitools import one_line
 from opsline.platform.engine import service
 from opsline.platform.engine.registry import QUEUES
 from opsline.platform.engine.schemas import JobOut
@@ -59,7 +60,9 @@ def _scope(tenant: uuid.UUID | None) -> Scope:
 
 
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = ",".join(QUEUES),
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues.", callback=one_line)
+    ] = ",".join(QUEUES),
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Threads per process.")] = 8,
     processes: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     prefetch: Annotated[
@@ -150,8 +153,8 @@ def _jobs_table(page: Page[JobOut]) -> Table:
 @jobs_app.command("list")
 def list_jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
-    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
-    name: Annotated[str | None, typer.Option(help="Only this job name.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.", callback=one_line)] = None,
+    name: Annotated[str | None, typer.Option(help="Only this job name.", callback=one_line)] = None,
     limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
     cursor: Annotated[str | None, typer.Option(help="next cursor of the previous page")] = None,
     tenant: TenantOption = None,
@@ -279,7 +282,9 @@ def list_events(
 
 @events_app.command("replay")
 def replay(
-    listener: Annotated[str, typer.Option(help="The listener (job name) to run again.")],
+    listener: Annotated[
+        str, typer.Option(help="The listener (job name) to run again.", callback=one_line)
+    ],
     since: Annotated[str, typer.Option(help="ISO time or a duration ago (2h).")],
     until: Annotated[str | None, typer.Option(help="ISO time (exclusive).")] = None,
     tenant: TenantOption = None,
