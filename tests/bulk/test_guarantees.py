@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import uuid
 import zipfile
 from datetime import timedelta
@@ -20,6 +21,7 @@ from opsline.bulk.jobs import apply_chunk_job, purge_expired
 from opsline.bulk.models import BulkRun, snapshots_table
 from opsline.db import utcnow
 from opsline.platform.engine.scheduler import periodic_jobs
+from tests import _server
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
 from tests.helpers import add_member, assert_problem, signup
@@ -233,3 +235,39 @@ def test_progress_is_json_or_a_live_stream_until_the_end(desk: Desk, worker: Any
     token = desk.owner.access_token
     assert desk.client.get(f"{url}?access_token={token}").status_code == 200
     assert_problem(desk.client.get(url), 401)
+
+
+class TestProgressStreamsPerPrincipal:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {
+            "job_poll_seconds": 0.05,
+            "bulk_confirm_threshold": 100_000,
+            "live_max_streams_per_user": 1,
+        }
+
+    def test_one_stream_more_than_the_limit_is_a_429_until_one_closes(self, desk: Desk) -> None:
+        # No worker: the run stays queued and its stream stays open.
+        run = desk.run({"resource": "products", "action": "archive", "ids": desk.seed(3)})
+        path = f"/api/v1/bulk/runs/{run['id']}/progress"
+        headers = desk.owner.headers
+        with _server.serve(desk.runtime) as base, _server.client(base) as http:
+            with http.stream("GET", path, headers=headers) as first:
+                lines = first.iter_lines()  # kept: a dropped iterator closes the response
+                assert next(lines).startswith("id: ")  # the stream holds its slot
+                refused = http.get(path, headers=headers)
+                body = assert_problem(refused, 429)
+                assert "1 live streams" in body["detail"]
+                assert refused.headers["Retry-After"] == "5"
+                # The JSON form is no stream and needs no slot.
+                as_json = http.get(path, headers={**headers, "Accept": "application/json"})
+                assert as_json.status_code == 200
+            deadline = time.monotonic() + 10
+            while True:  # the slot comes back once the server sees the client gone
+                with http.stream("GET", path, headers=headers) as again:
+                    if again.status_code == 200:
+                        lines = again.iter_lines()
+                        assert next(lines).startswith("id: ")
+                        break
+                assert time.monotonic() < deadline, "the slot never came back"
+                time.sleep(0.1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Annotated, Literal
 
 import orjson
@@ -33,7 +34,7 @@ from opsline.platform.context import Context
 from opsline.platform.engine.changes import channel, pubsub_for
 from opsline.platform.http.deps import RequirePermission, principal_from_credentials
 from opsline.platform.http.pagination import Page, PageDep
-from opsline.platform.http.problems import Forbidden
+from opsline.platform.http.problems import Forbidden, TooManyRequests
 from opsline.platform.http.routing import Route
 from opsline.platform.resources import all_resources
 from opsline.platform.runtime import Runtime
@@ -228,7 +229,10 @@ def unschedule(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
 @router.get(
     "/runs/{run_id}/progress",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}, "application/json": {}}},
+        429: {"description": "The principal holds its limit of live streams open"},
+    },
     summary="Live progress (SSE) until the run ends; auth by header or ?access_token=",
     description="With `Accept: application/json` the current progress as one JSON document.",
 )
@@ -253,6 +257,9 @@ async def progress(
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/event-stream" not in accept:
         return JSONResponse(first.model_dump(mode="json"))
+    limit = runtime.settings.live_max_streams_per_user
+    if runtime.live_streams.full(principal.subject, limit):
+        raise _too_many(limit)
     return StreamingResponse(
         _progress_stream(runtime, ctx, first, request),
         media_type="text/event-stream",
@@ -260,11 +267,40 @@ async def progress(
     )
 
 
+def _too_many(limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"you hold {limit} live streams open already; close one first",
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _progress_stream(
     runtime: Runtime, ctx: Context, run: RunOut, request: Request
 ) -> AsyncIterator[bytes]:
+    """The run's progress until it ends, in one of the principal's live-stream slots
+    (``OPSLINE_LIVE_MAX_STREAMS_PER_USER``, shared with the order feeds). The slot is
+    taken here, not before the response: only a started stream is sure to run its
+    finally; streams that passed the check together and find none end at once."""
+    subject = ctx.principal.subject
+    limit = runtime.settings.live_max_streams_per_user
+    if not runtime.live_streams.take(subject, limit):
+        yield b"event: end\ndata: %s\n\n" % orjson.dumps(_too_many(limit).body())
+        return
+    try:
+        async with aclosing(_progress_events(runtime, ctx, run, request)) as events:
+            async for event in events:
+                yield event
+    finally:
+        runtime.live_streams.give_back(subject)
+
+
+async def _progress_events(
+    runtime: Runtime, ctx: Context, run: RunOut, request: Request
+) -> AsyncGenerator[bytes, None]:
     pubsub = pubsub_for(runtime.db.engine)
-    subscription = pubsub.subscribe(channel(ctx.tenant_id)) if pubsub else None
+    subscription = (
+        await run_in_threadpool(pubsub.subscribe, channel(ctx.tenant_id)) if pubsub else None
+    )
     try:
         seq = 0
         while True:
