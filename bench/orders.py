@@ -404,11 +404,12 @@ def _redis_phase(
 ) -> None:
     """The orders on two servers configured with Redis, one with the lock layer on.
 
-    With Redis configured a server's requests leave the event loop for the thread
-    pool (``opsline.platform.http.db_work``), so comparing the lock layer with the
-    Redis-less server would charge it for that as well. Both servers are up (the
-    one not measured paused, with its workers) and take turns per client count,
-    over the same backlog of payments; the lock's own cost is the ratio of the two.
+    Configuring Redis changes more than the lock (rate limits and pub/sub in Redis,
+    and on SQLite requests in the thread pool: ``Settings.units_on_loop``), so
+    comparing the lock layer with the Redis-less server would charge it for those
+    as well. Both servers are up (the one not measured paused, with its workers)
+    and take turns per client count, over the same backlog of payments; the lock's
+    own cost is the ratio of the two.
     """
     env_redis = {**env, **REDIS_ENV}
     env_lock = {**env_redis, **REDIS_LOCK_ENV}

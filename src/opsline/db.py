@@ -911,7 +911,7 @@ def _with_ctes(statement: Executable, later: tuple[Executable, ...]) -> Executab
 def _closing(
     later: list[tuple[Executable, Mapping[str, Any]]],
     guards: tuple[tuple[int, int], ...],
-    returned: tuple[int, ...] = (),
+    returned: tuple[int, ...],
 ) -> tuple[Executable, dict[str, Any]]:
     """The ``later`` statements as one SELECT, and all their parameters.
 
@@ -931,7 +931,7 @@ def _closing(
 
 @functools.lru_cache(maxsize=256)
 def _closing_select(
-    later: tuple[Executable, ...], slots: tuple[int, ...], returned: tuple[int, ...] = ()
+    later: tuple[Executable, ...], slots: tuple[int, ...], returned: tuple[int, ...]
 ) -> Executable:
     ctes: dict[int, Any] = {}
     columns: list[Any] = []

@@ -165,9 +165,7 @@ class Settings(BaseSettings):
         """
         if self.broker_url:
             return False
-        # Redis first: is_sqlite resolves the database's path (a system call), and
-        # this is asked on every request.
-        return not self.redis_url or not self.is_sqlite
+        return not self.is_sqlite or not self.redis_url
 
     @field_validator("redis_url")
     @classmethod
@@ -197,7 +195,8 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
-        return self.sqlalchemy_url.startswith("sqlite")
+        # Not from sqlalchemy_url, which resolves the file's path: asked on every request.
+        return not self.database_url or self.database_url.startswith("sqlite")
 
     @property
     def secret(self) -> bytes:

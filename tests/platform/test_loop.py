@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.concurrency import in_greenlet
 
 from opsline.platform import loop
 from opsline.platform.http.db_work import run_read, run_write
@@ -53,7 +54,7 @@ def test_call_blocks_outside_on_loop_and_awaits_inside() -> None:
         return "awaited"
 
     def work() -> tuple[bool, str]:
-        return loop.awaiting(), loop.call(lambda: "blocked", answer)
+        return in_greenlet(), loop.call(lambda: "blocked", answer)
 
     assert work() == (False, "blocked")
     assert on_loop(work)[0] == (True, "awaited")
@@ -80,6 +81,7 @@ def test_units_on_loop_by_backend_and_services(tmp_path: Any) -> None:
     assert units_on_loop(database_url=pg, redis_url="redis://127.0.0.1:6379/0")
     # SQLite's units run inline: an await inside one would let another into the write lock.
     assert not units_on_loop(redis_url="redis://127.0.0.1:6379/0")
+    assert not units_on_loop(database_url="sqlite:///elsewhere.db", redis_url="redis://h/0")
     # A broker's publish blocks.
     assert not units_on_loop(database_url=pg, broker_url="amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -176,12 +178,12 @@ class TestRequestsWithRedis:
         seen: dict[str, Any] = {}
 
         def write(wait: bool) -> None:
-            seen["write"] = (threading.get_ident(), loop.awaiting())
+            seen["write"] = (threading.get_ident(), in_greenlet())
             state = runtime.rate_limiter.hit("1000/minute", "test", uuid.uuid4().hex)
             seen["limited"] = state.remaining
 
         def read() -> None:
-            seen["read"] = (threading.get_ident(), loop.awaiting())
+            seen["read"] = (threading.get_ident(), in_greenlet())
 
         async def main() -> int:
             try:

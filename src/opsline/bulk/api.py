@@ -34,8 +34,9 @@ from opsline.platform.context import Context
 from opsline.platform.engine.changes import channel, pubsub_for
 from opsline.platform.http.deps import RequirePermission, principal_from_credentials
 from opsline.platform.http.pagination import Page, PageDep
-from opsline.platform.http.problems import Forbidden, TooManyRequests
+from opsline.platform.http.problems import Forbidden
 from opsline.platform.http.routing import Route
+from opsline.platform.realtime.streams import sse_end, too_many_streams
 from opsline.platform.resources import all_resources
 from opsline.platform.runtime import Runtime
 
@@ -259,18 +260,11 @@ async def progress(
         return JSONResponse(first.model_dump(mode="json"))
     limit = runtime.settings.live_max_streams_per_user
     if runtime.live_streams.full(principal.subject, limit):
-        raise _too_many(limit)
+        raise too_many_streams(limit)
     return StreamingResponse(
         _progress_stream(runtime, ctx, first, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
-
-
-def _too_many(limit: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"you hold {limit} live streams open already; close one first",
-        headers={"Retry-After": "5"},
     )
 
 
@@ -284,7 +278,7 @@ async def _progress_stream(
     subject = ctx.principal.subject
     limit = runtime.settings.live_max_streams_per_user
     if not runtime.live_streams.take(subject, limit):
-        yield b"event: end\ndata: %s\n\n" % orjson.dumps(_too_many(limit).body())
+        yield sse_end(too_many_streams(limit))
         return
     try:
         async with aclosing(_progress_events(runtime, ctx, run, request)) as events:

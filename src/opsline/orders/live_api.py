@@ -47,13 +47,12 @@ from opsline.platform.http.deps import principal_from_credentials
 from opsline.platform.http.problems import (
     BadRequest,
     Forbidden,
-    Problem,
     ServiceUnavailable,
-    TooManyRequests,
     Unauthorized,
 )
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
+from opsline.platform.realtime.streams import sse_end, too_many_streams
 from opsline.platform.runtime import Runtime
 
 router = APIRouter(tags=["orders"], route_class=Route)
@@ -136,14 +135,7 @@ class _Admission:
     def refuse_if_full(self) -> None:
         limit = self._runtime.settings.live_max_streams_per_user
         if self._runtime.live_streams.full(self.subject, limit):
-            raise _too_many(limit)
-
-
-def _too_many(limit: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"you hold {limit} live streams open already; close one first",
-        headers={"Retry-After": "5"},
-    )
+            raise too_many_streams(limit)
 
 
 def _admit(
@@ -272,11 +264,6 @@ def _token(authorization: str | None, access_token: str | None) -> str | None:
     return access_token
 
 
-def _ended(problem: Problem) -> bytes:
-    """The SSE stream's last event: why it ends, as a problem document."""
-    return b"event: end\ndata: %s\n\n" % orjson.dumps(problem.body())
-
-
 @router.get(
     "/orders/live/sse",
     summary="Server-sent events of order status changes (resume with Last-Event-ID)",
@@ -305,7 +292,7 @@ async def order_events(
         # run its finally. Streams opened together may pass the check above and
         # find the slots taken: they end at once.
         if not admission.take_slot():
-            yield _ended(_too_many(runtime.settings.live_max_streams_per_user))
+            yield sse_end(too_many_streams(runtime.settings.live_max_streams_per_user))
             return
         messages = _messages(runtime, admission, last_event_id, request.is_disconnected)
         try:
@@ -316,7 +303,7 @@ async def order_events(
                 data = orjson.dumps(message)
                 yield b"id: %d\nevent: order.status\ndata: %s\n\n" % (message["seq"], data)
         except (Unauthorized, Forbidden) as problem:
-            yield _ended(problem)
+            yield sse_end(problem)
         finally:
             admission.give_slot_back()
 
@@ -351,7 +338,7 @@ async def order_socket(
         # Accepted first: a close before the handshake reaches the client as a bare 403.
         limit = runtime.settings.live_max_streams_per_user
         await websocket.accept()
-        await websocket.close(code=4429, reason=_too_many(limit).detail[:120])
+        await websocket.close(code=4429, reason=too_many_streams(limit).detail[:120])
         return
     try:
         await websocket.accept()

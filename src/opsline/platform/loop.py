@@ -5,7 +5,8 @@ greenlet on the server's event loop, its statements awaited. The use case's
 other round trips (the rate limit, the orders' lock, a publish after commit)
 are awaited there as well, through :func:`call`: inside ``on_loop`` it awaits
 the asynchronous form, anywhere else (a thread of the pool, a worker, the
-CLI) it runs the blocking one. The caller stays plain synchronous code.
+CLI) it runs the blocking one (and :func:`sleep` likewise). The caller stays
+plain synchronous code.
 
 An asyncio client's connections belong to the loop that opened them, so each
 loop gets clients of its own (:class:`PerLoop`); the server closes its loop's
@@ -26,16 +27,6 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 T = TypeVar("T")
 C = TypeVar("C")
-
-
-def awaiting() -> bool:
-    """Whether this code runs inside ``Database.on_loop``, where round trips are awaited."""
-    return bool(in_greenlet())
-
-
-def wait(awaitable: Awaitable[T]) -> T:
-    """``awaitable``'s result, awaited on the loop; only where :func:`awaiting` is true."""
-    return await_(awaitable)
 
 
 def call(blocking: Callable[[], T], on_loop: Callable[[], Awaitable[T]]) -> T:

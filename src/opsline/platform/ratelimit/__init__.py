@@ -134,17 +134,29 @@ class RateLimiter:
     def hit(self, rate: str | RateLimitItem, *keys: str, cost: int = 1) -> RateState:
         item = _parse(rate) if isinstance(rate, str) else rate
         with _storage_errors():
-            if self._on_loop is not None and loop.awaiting():
-                allowed, stats = loop.wait(self._on_loop.get().hit(item, keys, cost))
-                return _state(item, allowed, stats)
-            allowed = self._limiter.hit(item, *keys, cost=cost)
-            return self._state(item, allowed, keys)
+            if self._on_loop is None:  # in memory: nothing to wait for
+                return _state(item, *self._hit(item, keys, cost))
+            on_loop = self._on_loop
+            return _state(
+                item,
+                *loop.call(
+                    lambda: self._hit(item, keys, cost),
+                    lambda: on_loop.get().hit(item, keys, cost),
+                ),
+            )
+
+    def _hit(
+        self, item: RateLimitItem, keys: tuple[str, ...], cost: int
+    ) -> tuple[bool, WindowStats]:
+        allowed = self._limiter.hit(item, *keys, cost=cost)
+        return allowed, self._limiter.get_window_stats(item, *keys)
 
     def test(self, rate: str | RateLimitItem, *keys: str) -> RateState:
         """Check without consuming (e.g. refuse a login already over its failures)."""
         item = _parse(rate) if isinstance(rate, str) else rate
         with _storage_errors():
-            return self._state(item, self._limiter.test(item, *keys), keys)
+            allowed = self._limiter.test(item, *keys)
+            return _state(item, allowed, self._limiter.get_window_stats(item, *keys))
 
     def enforce(self, rate: str, *keys: str, what: str) -> RateState:
         state = self.hit(rate, *keys)
@@ -158,9 +170,6 @@ class RateLimiter:
     def clear(self, rate: str, *keys: str) -> None:
         with _storage_errors():
             self._limiter.clear(_parse(rate), *keys)
-
-    def _state(self, item: RateLimitItem, allowed: bool, keys: tuple[str, ...]) -> RateState:
-        return _state(item, allowed, self._limiter.get_window_stats(item, *keys))
 
     def check(self) -> None:
         if not self.storage.check():

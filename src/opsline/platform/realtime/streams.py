@@ -5,6 +5,23 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import orjson
+
+from opsline.platform.http.problems import Problem, TooManyRequests
+
+
+def too_many_streams(limit: int) -> TooManyRequests:
+    """The 429 for one live stream more than ``limit`` (SSE; a WebSocket closes with 4429)."""
+    return TooManyRequests(
+        f"you hold {limit} live streams open already; close one first",
+        headers={"Retry-After": "5"},
+    )
+
+
+def sse_end(problem: Problem) -> bytes:
+    """An SSE stream's last event: why it ends, as a problem document."""
+    return b"event: end\ndata: %s\n\n" % orjson.dumps(problem.body())
+
 
 class StreamSlots:
     """How many live streams each subject (``user:<id>``, ``apikey:<id>``) holds open.
