@@ -223,6 +223,33 @@ def test_a_failed_guard_raises_its_error_and_writes_nothing(db: Database) -> Non
     assert _names(db, notes) == ["after"]
 
 
+def test_a_guarded_select_checks_what_was_seen_in_the_same_statement(
+    db: Database, sent: list[str]
+) -> None:
+    """A SELECT with expect= is a check (a row as the use case assumed it): on
+    PostgreSQL it rides with the writes, and when it finds no row nothing is written."""
+    with db.unit_of_work() as uow:
+        uow.execute(*values_insert(things, [_thing("seen")]))
+    seen = select(things.c.id).where(things.c.name == bindparam("name"))
+    with db.unit_of_work() as uow:
+        uow.execute_later(seen, {"name": "seen"}, expect=1, otherwise=Refused)
+        uow.execute_later(*values_insert(notes, [_thing("kept")]))
+        sent.clear()
+    assert _names(db, notes) == ["kept"]
+    if not db.is_sqlite:
+        [statement] = [s for s in sent if s.lstrip().startswith("WITH")]
+        assert "FROM scratch_things" in statement and "INSERT INTO scratch_notes" in statement
+
+    def changed() -> None:
+        with db.unit_of_work() as uow:
+            uow.execute_later(seen, {"name": "changed"}, expect=1, otherwise=Refused)
+            uow.execute_later(*values_insert(notes, [_thing("dropped")]))
+
+    with pytest.raises(Refused):
+        changed()
+    assert _names(db, notes) == ["kept"]
+
+
 def test_a_guard_needs_its_error() -> None:
     with pytest.raises(ValueError, match="otherwise"):
         UnitOfWork(None, postgres=True).execute_later(*_rename("a", "b"), expect=1)  # type: ignore[arg-type]

@@ -482,7 +482,9 @@ class UnitOfWork:
         trip of their own. ``statement`` is an INSERT, UPDATE or DELETE whose
         values are named parameters (see :func:`values_insert`), or a SELECT
         without FROM run for its effect (``pg_notify``), which goes with the
-        writes at commit or when something reads. An error it raises (a
+        writes at commit or when something reads, or a SELECT with ``expect``:
+        a check that the rows it read are still as the use case assumed, made
+        in the same statement as the writes. An error it raises (a
         constraint) surfaces from that later statement; the unit of work rolls
         back all the same. Elsewhere it runs at once.
 
@@ -937,7 +939,7 @@ def _closing_select(
     columns: list[Any] = []
     for slot, statement in enumerate(later):
         prefixed = _prefixed(statement, f"w{slot}_")
-        if isinstance(statement, Select):
+        if isinstance(statement, Select) and slot not in slots:
             columns.extend(
                 column.label(f"s{slot}_{i}") for i, column in enumerate(prefixed.selected_columns)
             )

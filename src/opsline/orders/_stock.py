@@ -12,12 +12,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from opsline.db import UnitOfWork, utcnow
 from opsline.orders.errors import InsufficientStock, InvalidOrder
 from opsline.orders.models import Product, lines_table, products_table
+from opsline.platform.last_seen import SeenChanged
 
 P = products_table.c
 L = lines_table.c
@@ -34,6 +36,14 @@ _TAKE = (
     .returning(P.id)
 )
 
+# The same decrement, only if the product is still what the order was priced from.
+_TAKE_AS_SEEN = _TAKE.where(
+    P.sku == bindparam("b_sku"),
+    P.name == bindparam("b_name"),
+    P.price == bindparam("b_price"),
+    P.currency == bindparam("b_currency"),
+)
+
 
 def take(
     uow: UnitOfWork,
@@ -41,6 +51,7 @@ def take(
     quantities: Mapping[uuid.UUID, int],
     *,
     now: datetime | None = None,
+    as_seen: Mapping[uuid.UUID, Any] | None = None,
 ) -> None:
     """Decrement every product or none; raises InsufficientStock naming each short
     product, or InvalidOrder naming any archived meanwhile.
@@ -50,20 +61,30 @@ def take(
     decrement is held back: on PostgreSQL it goes, checked, in the statement
     that sends the unit's other writes. Several are sent one by one in product
     order, so that two orders over the same products lock them in one order.
+
+    ``as_seen``: the products (sku, name, price, currency) as the order was
+    priced from them without reading them (``opsline.platform.last_seen``); each
+    decrement then also checks that its product is unchanged, and any refusal
+    raises ``SeenChanged`` instead (a shortage included).
     """
     now = now or utcnow()
     for product_id in sorted(quantities):
-        uow.execute_later(
-            _TAKE,
-            {
-                "b_id": product_id,
-                "b_tenant_id": tenant_id,
-                "b_quantity": quantities[product_id],
-                "b_now": now,
-            },
-            expect=1,
-            otherwise=lambda: _shortage(uow, tenant_id, quantities),
-        )
+        params = {
+            "b_id": product_id,
+            "b_tenant_id": tenant_id,
+            "b_quantity": quantities[product_id],
+            "b_now": now,
+        }
+        if as_seen is None:
+            uow.execute_later(
+                _TAKE, params, expect=1, otherwise=lambda: _shortage(uow, tenant_id, quantities)
+            )
+        else:
+            seen = as_seen[product_id]
+            params.update(
+                b_sku=seen.sku, b_name=seen.name, b_price=seen.price, b_currency=seen.currency
+            )
+            uow.execute_later(_TAKE_AS_SEEN, params, expect=1, otherwise=SeenChanged)
         if len(quantities) > 1:
             uow.send()
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, Uuid, any_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -56,6 +56,7 @@ from opsline.platform.engine.events import publish
 from opsline.platform.http.deps import PendingContext, admit_with, with_session_role
 from opsline.platform.http.pagination import Page, keyset_page
 from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
+from opsline.platform.last_seen import LastSeen, SeenChanged
 from opsline.platform.locks import RedisLocks
 
 CENT = Decimal("0.01")
@@ -210,7 +211,15 @@ class OrderPlacement:
 
     The products are read first, outside the transaction, and a pending
     request's session is checked by that same statement (401/403 before
-    anything else). :meth:`attempt` places the order; ``wait=False`` raises
+    anything else). When this process has seen the session's role and every
+    product before (``opsline.platform.last_seen``), the read is skipped: the
+    order is priced from what was seen, and its statement checks that the
+    session and each product are unchanged. If not (a price changed, a product
+    archived or short, the session ended), nothing is written and the order is
+    read and placed again as above, which gives the answer (the new price, a
+    409 naming the shortage, a 401).
+
+    :meth:`attempt` places the order; ``wait=False`` raises
     :class:`opsline.db.WriteLockBusy`, having written nothing, when another
     writer holds SQLite's write lock (see ``Database.unit_of_work``), and the
     caller attempts again later: the read is done once. With
@@ -225,15 +234,26 @@ class OrderPlacement:
         self.quantities = merged_quantities(data)
         self.fingerprint = fingerprint("POST", "/api/v1/orders", data.model_dump(mode="json"))
         self._read: tuple[Context, Sequence[Any]] | None = None
+        self._as_seen = False
 
     def attempt(self, wait: bool = True) -> Outcome:
         if self._read is None:
-            who = self.who
-            self._read = admit_with(
-                who, *_orderable_read(who.db.dialect, who.tenant_id, self.quantities)
-            )
+            self._read = self._last_seen() or self._fresh_read()
+        try:
+            return self._place(wait)
+        except SeenChanged:
+            # Nothing was written: read, and place as read.
+            for product_id in self.quantities:
+                _LAST_PRODUCTS.forget((self.who.tenant_id, product_id))
+            self._read, self._as_seen = self._fresh_read(), False
+            return self._place(wait)
+
+    def _place(self, wait: bool) -> Outcome:
+        assert self._read is not None
         ctx, found = self._read
         quantities = self.quantities
+        check = self.who.session_check() if isinstance(self.who, PendingContext) else None
+        as_seen = self._as_seen
 
         def run() -> Outcome:
             return run_idempotent(
@@ -241,7 +261,9 @@ class OrderPlacement:
                 key=self.idempotency_key,
                 request_fingerprint=self.fingerprint,
                 status=201,
-                action=lambda uow: _create_order(uow, ctx, quantities, found),
+                action=lambda uow: _create_order(
+                    uow, ctx, quantities, found, as_seen=as_seen, session_check=check
+                ),
                 wait=wait,
             )
 
@@ -251,6 +273,48 @@ class OrderPlacement:
         keys = [f"opsline:lock:{ctx.tenant_id}:product:{pid}" for pid in quantities]
         with locks.hold(keys):
             return run()
+
+    def _fresh_read(self) -> tuple[Context, Sequence[Any]]:
+        who = self.who
+        ctx, found = admit_with(
+            who, *_orderable_read(who.db.dialect, who.tenant_id, self.quantities)
+        )
+        for row in found:
+            _LAST_PRODUCTS.put(
+                (ctx.tenant_id, row.id), _Seen(row.id, row.sku, row.name, row.price, row.currency)
+            )
+        return ctx, found
+
+    def _last_seen(self) -> tuple[Context, Sequence[Any]] | None:
+        """The context and products without a statement, if all were seen before."""
+        who = self.who
+        found = [_LAST_PRODUCTS.get((who.tenant_id, pid)) for pid in self.quantities]
+        if any(seen is None for seen in found):
+            return None
+        if isinstance(who, Context):
+            ctx: Context | None = who
+        elif who.claims is not None:
+            ctx = who.assume()
+        else:
+            ctx = who.context()  # an API key's, checked already
+        if ctx is None:
+            return None
+        self._as_seen = True
+        return ctx, found
+
+
+class _Seen(NamedTuple):
+    """What an order is priced from: a product as last read."""
+
+    id: uuid.UUID
+    sku: str
+    name: str
+    price: Decimal
+    currency: str
+
+
+# (tenant, product) -> the product as last read by an order here.
+_LAST_PRODUCTS: LastSeen[tuple[uuid.UUID, uuid.UUID], _Seen] = LastSeen(16384)
 
 
 _LOCKS: dict[str, RedisLocks] = {}
@@ -267,16 +331,27 @@ def _locks(ctx: Context) -> RedisLocks | None:
 
 
 def _create_order(
-    uow: UnitOfWork, ctx: Context, quantities: dict[uuid.UUID, int], found: Sequence[Any]
+    uow: UnitOfWork,
+    ctx: Context,
+    quantities: dict[uuid.UUID, int],
+    found: Sequence[Any],
+    *,
+    as_seen: bool = False,
+    session_check: tuple[Select[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The order's rows, stock, status log, payment job and event; returns the response body.
 
-    ``found``: the orderable products among ``quantities``' (read by place_order).
+    ``found``: the orderable products among ``quantities``' (read by place_order),
+    or with ``as_seen`` as last seen (each decrement checks its product is
+    unchanged). ``session_check``: a SELECT that must find the session live.
+    Either check failing raises ``SeenChanged``, nothing written.
     Core statements only: this is the hottest write path of the system.
     """
     from opsline.orders.jobs import capture_payment
 
     products = _orderable(quantities, found)
+    if session_check is not None:
+        uow.execute_later(*session_check, expect=1, otherwise=SeenChanged)
     now = utcnow()
     order_id = new_id()
     lines = [
@@ -326,7 +401,8 @@ def _create_order(
     # Stock last, after the idempotency key too: on PostgreSQL the hot product
     # rows stay locked only for the decrements and the commit. A shortage
     # rolls everything back.
-    uow.last(lambda: _stock.take(uow, ctx.tenant_id, quantities, now=now))
+    seen = products if as_seen else None
+    uow.last(lambda: _stock.take(uow, ctx.tenant_id, quantities, now=now, as_seen=seen))
     return _order_body(order, lines)
 
 

@@ -42,6 +42,7 @@ from opsline.platform.auth.tokens import AccessClaims, TokenError, digest
 from opsline.platform.context import Context, Principal, RequestInfo
 from opsline.platform.http.db_work import run_read
 from opsline.platform.http.problems import Forbidden, Unauthorized
+from opsline.platform.last_seen import LastSeen
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy.models import Membership
 from opsline.settings import Settings
@@ -155,6 +156,9 @@ _LIVE_ROLE = (
     )
 )
 _SESSION_ROLE = "session_role"
+_SAME_ROLE = _LIVE_ROLE.where(_M.role == bindparam("session_role"))
+# The role each session last had when checked, for PendingContext.assume.
+_LAST_ROLES: LastSeen[uuid.UUID, str] = LastSeen(4096)
 
 
 def _session_params(claims: AccessClaims | None) -> dict[str, uuid.UUID | None]:
@@ -263,13 +267,17 @@ def _admitted(
     request: Request,
     response: Response,
     runtime: Runtime,
+    *,
+    count: bool = True,
 ) -> Context:
-    """The request's context once ``principal`` is known: rate limit, then permission."""
+    """The request's context once ``principal`` is known: rate limit (unless the
+    request has been ``count``ed already), then permission."""
     request.state.principal = principal
-    state = runtime.rate_limiter.enforce(
-        runtime.settings.rate_limit_api, "principal", principal.subject, what="this principal"
-    )
-    response.headers.update(state.headers())
+    if count:
+        state = runtime.rate_limiter.enforce(
+            runtime.settings.rate_limit_api, "principal", principal.subject, what="this principal"
+        )
+        response.headers.update(state.headers())
     if permission is not None and not principal.has(permission):
         raise Forbidden(
             f"your role '{principal.role}' lacks the permission '{permission}'",
@@ -284,21 +292,31 @@ class PendingContext:
     The use case checks it with its first read (:func:`admit_with`) or on its
     own (:meth:`context`); once checked, the context is kept, so that the rate
     limit counts the request once.
+
+    A use case that reads nothing first may instead :meth:`assume` the role this
+    process last saw live for the session (see ``opsline.platform.last_seen``),
+    provided its write checks it (:meth:`session_check`). After a failed check it
+    calls :meth:`context` or :func:`admit_with`, which check the session anew: a
+    401 if it ended, the role's permission again if it changed.
     """
 
-    __slots__ = ("_admit", "_context", "claims", "db", "settings")
+    __slots__ = ("_admit", "_checked", "_context", "claims", "db", "permission", "settings")
 
     def __init__(
         self,
         db: Database,
         settings: Settings,
         claims: AccessClaims | None,
-        admit: Callable[[Principal], Context],
+        admit: Callable[[Principal, bool], Context],
         context: Context | None = None,
+        *,
+        permission: str,
     ) -> None:
         self.db, self.settings, self.claims = db, settings, claims
+        self.permission = permission
         self._admit = admit
         self._context = context  # already admitted (an API key)
+        self._checked = context is not None
 
     @property
     def tenant_id(self) -> uuid.UUID:
@@ -310,17 +328,51 @@ class PendingContext:
 
     def context(self) -> Context:
         """The session's check as a statement of its own."""
-        if self._context is None:
+        if self._context is None or not self._checked:
             assert self.claims is not None
             return self._admitted_as(_live_role(self.db, self.claims))
         return self._context
 
+    def assume(self) -> Context | None:
+        """Admitted as the role last seen live for this session, without a statement;
+        None if none was seen, if it lacks the permission (the session's check then
+        decides: the role may have changed), or if the request was admitted another way."""
+        if self._context is not None or self.claims is None:
+            return None
+        role = _LAST_ROLES.get(self.claims.session_id)
+        if role is None:
+            return None
+        principal = _live_principal(self.claims, role)
+        if not principal.has(self.permission):
+            return None
+        self._context = self._admit(principal, True)
+        return self._context
+
+    def session_check(self) -> tuple[Select[Any], dict[str, Any]] | None:
+        """For an assumed role: a SELECT with one row while the session is live with
+        that role (a guard for the write to carry); None once the session is checked."""
+        if self._checked or self._context is None:
+            return None
+        assert self.claims is not None
+        params = {**_session_params(self.claims), "session_role": self._context.principal.role}
+        return _SAME_ROLE, params
+
     def _admitted_as(self, role: str | None) -> Context:
         """The context, once ``role`` (the live session's, None if it ended) is known."""
-        if self._context is None:
-            assert self.claims is not None
-            self._context = self._admit(_live_principal(self.claims, role))
-        return self._context
+        if self._checked:
+            assert self._context is not None
+            return self._context
+        assert self.claims is not None
+        assumed = self._context
+        if role is None:
+            _LAST_ROLES.forget(self.claims.session_id)
+        principal = _live_principal(self.claims, role)
+        if assumed is None or assumed.principal.role != principal.role:
+            # An assumed request has been counted by the rate limit already.
+            self._context = self._admit(principal, assumed is None)
+        self._checked = True
+        _LAST_ROLES.put(self.claims.session_id, principal.role.value)
+        return cast(Context, self._context)
 
 
 def with_session_role(statement: Select[Any]) -> Select[Any]:
@@ -362,14 +414,15 @@ def PendingPermission(permission: str) -> Any:
         runtime: Runtime = request.app.state.runtime
         token, api_key = _credentials(request)
 
-        def admit(principal: Principal) -> Context:
-            return _admitted(principal, permission, request, response, runtime)
+        def admit(principal: Principal, count: bool) -> Context:
+            return _admitted(principal, permission, request, response, runtime, count=count)
 
         db, settings = runtime.db, runtime.settings
         if token:
-            return PendingContext(db, settings, _verified(runtime, token), admit)
+            claims = _verified(runtime, token)
+            return PendingContext(db, settings, claims, admit, permission=permission)
         ready = await _context(permission, request, response, runtime, token, api_key)
-        return PendingContext(db, settings, None, admit, ready)
+        return PendingContext(db, settings, None, admit, ready, permission=permission)
 
     setattr(dependency, _AUTHENTICATES, True)
     return Depends(dependency)
