@@ -271,3 +271,59 @@ class TestProgressStreamsPerPrincipal:
                         break
                 assert time.monotonic() < deadline, "the slot never came back"
                 time.sleep(0.1)
+
+
+class TestProgressStreamsCheckTheirCredentials:
+    """Like the order feeds: the stream's credentials are checked again every
+    ``live_heartbeat_seconds``; a run that stays queued cannot keep a stream
+    open past a logout or a lost permission."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {
+            "job_poll_seconds": 0.05,
+            "bulk_confirm_threshold": 100_000,
+            "live_heartbeat_seconds": 0.2,
+        }
+
+    @staticmethod
+    def _ended_with(lines: Any, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        for line in lines:
+            if line == "event: end":
+                data = next(lines)
+                assert data.startswith("data: ")
+                problem: dict[str, Any] = orjson.loads(data[6:])
+                return problem
+            assert time.monotonic() < deadline, "the stream did not end"
+        raise AssertionError("the stream closed without an end event")
+
+    def test_a_logout_ends_the_stream_with_401(self, desk: Desk) -> None:
+        # No worker: the run stays queued and its stream would stay open.
+        run = desk.run({"resource": "products", "action": "archive", "ids": desk.seed(3)})
+        path = f"/api/v1/bulk/runs/{run['id']}/progress"
+        with _server.serve(desk.runtime) as base, _server.client(base) as http:
+            with http.stream("GET", path, headers=desk.owner.headers) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("id: ")
+                logout = http.post("/api/v1/auth/logout", headers=desk.owner.headers)
+                assert logout.status_code == 204
+                problem = self._ended_with(lines)
+        assert problem["status"] == 401
+
+    def test_a_role_without_bulk_run_ends_the_stream_with_403(self, desk: Desk) -> None:
+        manager = add_member(desk.client, desk.owner, "manager")
+        run = desk.run({"resource": "products", "action": "archive", "ids": desk.seed(3)})
+        path = f"/api/v1/bulk/runs/{run['id']}/progress"
+        with _server.serve(desk.runtime) as base, _server.client(base) as http:
+            with http.stream("GET", path, headers=manager.headers) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("id: ")
+                demoted = http.patch(
+                    f"/api/v1/members/{manager.user_id}",
+                    json={"role": "viewer"},
+                    headers=desk.owner.headers,
+                )
+                assert demoted.status_code == 200, demoted.text
+                problem = self._ended_with(lines)
+        assert problem["status"] == 403 and "bulk.run" in problem["detail"]

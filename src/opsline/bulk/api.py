@@ -30,12 +30,13 @@ from opsline.bulk.schemas import (
     ScheduleRequest,
     UndoRequest,
 )
-from opsline.platform.context import Context
+from opsline.platform.context import Context, Principal
 from opsline.platform.engine.changes import channel, pubsub_for
 from opsline.platform.http.deps import RequirePermission, principal_from_credentials
 from opsline.platform.http.pagination import Page, PageDep
-from opsline.platform.http.problems import Forbidden
+from opsline.platform.http.problems import Forbidden, Unauthorized
 from opsline.platform.http.routing import Route
+from opsline.platform.realtime.readmission import Readmission
 from opsline.platform.realtime.streams import sse_end, too_many_streams
 from opsline.platform.resources import all_resources
 from opsline.platform.runtime import Runtime
@@ -248,48 +249,68 @@ async def progress(
     token = access_token
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:]
-    principal = await run_in_threadpool(
-        principal_from_credentials, runtime, token=token, api_key=x_api_key
-    )
-    if not principal.has(BULK_RUN.name):
-        raise Forbidden(f"your role '{principal.role}' lacks the permission 'bulk.run'")
-    ctx = Context(runtime.db, runtime.settings, principal)
+    ctx, admission = await run_in_threadpool(_admit, runtime, token, x_api_key)
     first = await run_in_threadpool(service.get_run, ctx, run_id)  # 404 before streaming
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/event-stream" not in accept:
         return JSONResponse(first.model_dump(mode="json"))
-    limit = runtime.settings.live_max_streams_per_user
-    if runtime.live_streams.full(principal.subject, limit):
-        raise too_many_streams(limit)
+    admission.refuse_if_full()
     return StreamingResponse(
-        _progress_stream(runtime, ctx, first, request),
+        _progress_stream(runtime, ctx, admission, first, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
+def _may_follow_runs(principal: Principal) -> uuid.UUID:
+    """The tenant whose runs ``principal`` may follow; 403 without ``bulk.run``."""
+    if not principal.has(BULK_RUN.name):
+        raise Forbidden(f"your role '{principal.role}' lacks the permission 'bulk.run'")
+    return principal.tenant_id
+
+
+def _admit(
+    runtime: Runtime, token: str | None, api_key: str | None
+) -> tuple[Context, Readmission[uuid.UUID]]:
+    """The stream's context and admission (blocking: one read); 401 or 403 if refused."""
+    principal = principal_from_credentials(runtime, token=token, api_key=api_key)
+    admission = Readmission(runtime, principal, _may_follow_runs, token=token, api_key=api_key)
+    return Context(runtime.db, runtime.settings, principal), admission
+
+
 async def _progress_stream(
-    runtime: Runtime, ctx: Context, run: RunOut, request: Request
+    runtime: Runtime,
+    ctx: Context,
+    admission: Readmission[uuid.UUID],
+    run: RunOut,
+    request: Request,
 ) -> AsyncIterator[bytes]:
     """The run's progress until it ends, in one of the principal's live-stream slots
     (``OPSLINE_LIVE_MAX_STREAMS_PER_USER``, shared with the order feeds). The slot is
     taken here, not before the response: only a started stream is sure to run its
-    finally; streams that passed the check together and find none end at once."""
-    subject = ctx.principal.subject
-    limit = runtime.settings.live_max_streams_per_user
-    if not runtime.live_streams.take(subject, limit):
-        yield sse_end(too_many_streams(limit))
+    finally; streams that passed the check together and find none end at once.
+    Like the order feeds, the credentials are checked again every
+    ``live_heartbeat_seconds``: a run scheduled for later keeps its stream open
+    only while they hold (``event: end`` with the 401 or 403 otherwise)."""
+    if not admission.take_slot():
+        yield sse_end(too_many_streams(runtime.settings.live_max_streams_per_user))
         return
     try:
-        async with aclosing(_progress_events(runtime, ctx, run, request)) as events:
+        async with aclosing(_progress_events(runtime, ctx, admission, run, request)) as events:
             async for event in events:
                 yield event
+    except (Unauthorized, Forbidden) as problem:
+        yield sse_end(problem)
     finally:
-        runtime.live_streams.give_back(subject)
+        admission.give_slot_back()
 
 
 async def _progress_events(
-    runtime: Runtime, ctx: Context, run: RunOut, request: Request
+    runtime: Runtime,
+    ctx: Context,
+    admission: Readmission[uuid.UUID],
+    run: RunOut,
+    request: Request,
 ) -> AsyncGenerator[bytes, None]:
     pubsub = pubsub_for(runtime.db.engine)
     subscription = (
@@ -304,6 +325,7 @@ async def _progress_events(
             if run.status in FINAL_STATUSES or await request.is_disconnected():
                 return
             await _wait_for_change(subscription, str(run.id))
+            await admission.check()
             run = await run_in_threadpool(service.get_run, ctx, run.id)
     finally:
         if subscription is not None:

@@ -23,11 +23,9 @@ one process: one more is a 429 (SSE) or a close with 4429 (WebSocket).
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -37,7 +35,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
-from opsline.db import BIGINT_MAX, utcnow
+from opsline.db import BIGINT_MAX
 from opsline.orders._live import tenant_channel, user_channel
 from opsline.orders.models import OrderStatusChange
 from opsline.orders.permissions import ORDERS_READ, ORDERS_READ_ALL
@@ -52,6 +50,7 @@ from opsline.platform.http.problems import (
 )
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
+from opsline.platform.realtime.readmission import Readmission
 from opsline.platform.realtime.streams import sse_end, too_many_streams
 from opsline.platform.runtime import Runtime
 
@@ -84,69 +83,14 @@ def _feed(principal: Principal, scope: Scope, user_id: uuid.UUID | None) -> Feed
     return Feed(principal.tenant_id, target, user_channel(principal.tenant_id, target))
 
 
-class _Admission:
-    """A feed's admission, asked again while the feed streams.
-
-    :meth:`check` is called at every poll: it costs a clock read, except every
-    ``live_heartbeat_seconds`` when it checks the session again (one read, in the
-    thread pool). It raises :class:`Unauthorized` once the session ended or the
-    token expired, :class:`Forbidden` once the role lost the channel.
-    """
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        token: str,
-        asked: tuple[Scope, uuid.UUID | None],
-        principal: Principal,
-        expires_at: datetime,
-    ) -> None:
-        self._runtime, self._token, self._asked = runtime, token, asked
-        self.subject = principal.subject
-        self.feed = _feed(principal, *asked)
-        self._expires = time.monotonic() + (expires_at - utcnow()).total_seconds()
-        self._interval = runtime.settings.live_heartbeat_seconds
-        self._next_check = time.monotonic() + self._interval
-
-    async def check(self) -> bool:
-        """Raise if the feed must end; True when the session was just checked again."""
-        now = time.monotonic()
-        if now >= self._expires:
-            raise Unauthorized("access token expired; reconnect with a fresh one")
-        if now < self._next_check:
-            return False
-        await run_in_threadpool(self._again)
-        self._next_check = time.monotonic() + self._interval
-        return True
-
-    def _again(self) -> None:
-        principal = principal_from_credentials(self._runtime, token=self._token, api_key=None)
-        if _feed(principal, *self._asked) != self.feed:
-            raise Forbidden("that channel is no longer yours")
-
-    def take_slot(self) -> bool:
-        """Hold one of the principal's live streams; False when all are taken."""
-        limit = self._runtime.settings.live_max_streams_per_user
-        return self._runtime.live_streams.take(self.subject, limit)
-
-    def give_slot_back(self) -> None:
-        self._runtime.live_streams.give_back(self.subject)
-
-    def refuse_if_full(self) -> None:
-        limit = self._runtime.settings.live_max_streams_per_user
-        if self._runtime.live_streams.full(self.subject, limit):
-            raise too_many_streams(limit)
-
-
 def _admit(
     runtime: Runtime, token: str | None, scope: Scope, user_id: uuid.UUID | None
-) -> _Admission:
+) -> Readmission[Feed]:
     """The admission of ``token`` to a feed (blocking: one read); 401 or 403 if refused."""
     if not token:
         raise Unauthorized("send an access token")
     principal = principal_from_credentials(runtime, token=token, api_key=None)
-    expires_at = runtime.tokens.verify(token).expires_at  # verified just above: cached
-    return _Admission(runtime, token, (scope, user_id), principal, expires_at)
+    return Readmission(runtime, principal, lambda p: _feed(p, scope, user_id), token=token)
 
 
 def _log_after(runtime: Runtime, feed: Feed, after: int) -> list[dict[str, Any]]:
@@ -214,7 +158,7 @@ class _Cursor:
 
 async def _messages(
     runtime: Runtime,
-    admission: _Admission,
+    admission: Readmission[Feed],
     after: int | None,
     gone: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[dict[str, Any] | None]:
@@ -225,7 +169,7 @@ async def _messages(
     session is checked again the log is read too, so a push lost by the pub/sub
     (a reconnecting listener) is late by one interval at most.
     """
-    feed = admission.feed
+    feed = admission.granted
     subscription = await run_in_threadpool(_subscribe, runtime, feed)
     try:
         floor = after if after is not None else await run_in_threadpool(_high_water, runtime, feed)
@@ -348,7 +292,7 @@ async def order_socket(
 
 
 async def _send_feed(
-    websocket: WebSocket, runtime: Runtime, admission: _Admission, after: int | None
+    websocket: WebSocket, runtime: Runtime, admission: Readmission[Feed], after: int | None
 ) -> None:
     async def gone() -> bool:
         return websocket.client_state is not WebSocketState.CONNECTED
