@@ -54,10 +54,22 @@ def test_call_blocks_outside_on_loop_and_awaits_inside() -> None:
         return "awaited"
 
     def work() -> tuple[bool, str]:
-        return in_greenlet(), loop.call(lambda: "blocked", answer)
+        return in_greenlet(), loop.call(lambda: "blocked", answer, within=1.0)
 
     assert work() == (False, "blocked")
     assert on_loop(work)[0] == (True, "awaited")
+
+
+def test_call_on_the_loop_fails_after_its_deadline() -> None:
+    async def never() -> str:
+        await asyncio.sleep(60)
+        return "late"
+
+    def work() -> str:
+        return loop.call(lambda: "blocked", never, within=0.05)
+
+    with pytest.raises(TimeoutError):
+        on_loop(work)
 
 
 def test_sleep_on_the_loop_suspends_only_the_caller() -> None:

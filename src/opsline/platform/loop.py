@@ -29,11 +29,23 @@ T = TypeVar("T")
 C = TypeVar("C")
 
 
-def call(blocking: Callable[[], T], on_loop: Callable[[], Awaitable[T]]) -> T:
-    """``blocking()``, or inside ``Database.on_loop`` ``on_loop()`` awaited on the loop."""
+def call(blocking: Callable[[], T], on_loop: Callable[[], Awaitable[T]], *, within: float) -> T:
+    """``blocking()``, or inside ``Database.on_loop`` ``on_loop()`` awaited on the loop,
+    where it fails with :class:`TimeoutError` after ``within`` seconds.
+
+    The deadline covers the whole call, however many round trips it makes: the
+    asyncio clients have no socket timeout of their own, since redis-py wraps
+    every send in ``asyncio.wait_for`` (a task per command) when they do. The
+    blocking clients keep theirs.
+    """
     if in_greenlet():
-        return await_(on_loop())
+        return await_(_within(on_loop(), within))
     return blocking()
+
+
+async def _within(awaitable: Awaitable[T], seconds: float) -> T:
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 def sleep(seconds: float) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.util import greenlet_spawn
 
-from opsline.platform import loop
+from opsline.platform import loop, ratelimit
 from opsline.platform.ratelimit import RateLimiter, RateLimitsUnavailable
 from tests.helpers import assert_problem
 
@@ -33,6 +37,52 @@ def test_a_hit_on_the_loop_is_a_503() -> None:
 
     with pytest.raises(RateLimitsUnavailable):
         asyncio.run(main())
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[str]:
+    """A server on 127.0.0.1 that accepts connections and never answers (a hung Redis)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join()
+        for each in accepted:
+            each.close()
+        listener.close()
+
+
+def test_a_hit_on_the_loop_that_redis_never_answers_is_a_503_in_time(
+    silent_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio clients have no socket timeout: the call's own deadline ends the wait."""
+    monkeypatch.setattr(ratelimit, "REDIS_SECONDS", 0.3)
+    limiter = RateLimiter(silent_redis)
+
+    async def main() -> float:
+        started = time.monotonic()
+        try:
+            with pytest.raises(RateLimitsUnavailable):
+                await greenlet_spawn(lambda: limiter.hit("10/minute", "principal", "x"))
+            return time.monotonic() - started
+        finally:
+            await loop.close_running_loop()
+
+    assert 0.25 < asyncio.run(main()) < 5
 
 
 class TestThroughTheApi:

@@ -38,6 +38,10 @@ return 0
 """
 
 
+# How long one command to Redis may take before the lock service counts as down.
+REDIS_SECONDS = 2.0
+
+
 class LockBusy(Conflict):
     type_slug = "lock-busy"
     title = "Resource busy"
@@ -50,7 +54,9 @@ class LocksUnavailable(ServiceUnavailable):
 
 class RedisLocks:
     def __init__(self, url: str, *, ttl_ms: int = 5000, wait_ms: int = 2000) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS
+        )
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
         self._release = self.client.register_script(_RELEASE)
@@ -67,7 +73,7 @@ class RedisLocks:
             for key in sorted(set(keys)):
                 try:
                     self._acquire(key, token)
-                except redis.RedisError as exc:
+                except (redis.RedisError, TimeoutError) as exc:
                     log.warning("lock_unavailable", error=type(exc).__name__)
                     raise LocksUnavailable(
                         "the lock service is unreachable; retry shortly"
@@ -78,7 +84,7 @@ class RedisLocks:
             for key in reversed(taken):
                 try:
                     self._release_key(key, token)
-                except redis.RedisError as exc:  # it expires after ttl_ms
+                except (redis.RedisError, TimeoutError) as exc:  # it expires after ttl_ms
                     log.warning("lock_release_failed", error=type(exc).__name__)
 
     def _acquire(self, key: str, token: str) -> None:
@@ -95,6 +101,7 @@ class RedisLocks:
             loop.call(
                 lambda: self.client.set(key, token, nx=True, px=self.ttl_ms),
                 lambda: self._on_loop.get().redis.set(key, token, nx=True, px=self.ttl_ms),
+                within=REDIS_SECONDS,
             )
         )
 
@@ -102,6 +109,7 @@ class RedisLocks:
         loop.call(
             lambda: self._release(keys=[key], args=[token]),
             lambda: self._on_loop.get().release(keys=[key], args=[token]),
+            within=REDIS_SECONDS,
         )
 
     def close(self) -> None:
@@ -112,5 +120,7 @@ class _AsyncClient:
     """The asyncio client of one event loop, with the release script registered on it."""
 
     def __init__(self, url: str) -> None:
-        self.redis = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis.asyncio.Redis.from_url(
+            url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
+        )
         self.release = self.redis.register_script(_RELEASE)

@@ -35,6 +35,10 @@ from opsline.platform.http.problems import ServiceUnavailable, TooManyRequests
 log = structlog.get_logger(__name__)
 
 
+# How long a hit may wait on Redis before the request is refused (503).
+REDIS_SECONDS = 2.0
+
+
 class RateLimitsUnavailable(ServiceUnavailable):
     type_slug = "rate-limits-unavailable"
     title = "Rate limits unavailable"
@@ -45,7 +49,7 @@ def _storage_errors() -> Iterator[None]:
     """Redis unreachable (or failing) is a 503 before any work, not a 500."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, TimeoutError) as exc:
         log.warning("rate_limits_unavailable", error=type(exc).__name__)
         raise RateLimitsUnavailable(
             "the rate-limit service is unreachable; retry shortly", headers={"Retry-After": "1"}
@@ -103,8 +107,9 @@ class _LoopLimiter:
     """The asyncio strategy of one event loop, on a connection pool of its own."""
 
     def __init__(self, url: str) -> None:
+        # No socket timeout: loop.call's deadline covers the hit (see there).
         self.pool = redis.asyncio.ConnectionPool.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2
+            url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
         )
         # connection_pool is a documented option the stubs' **options type leaves out.
         storage = aio_storage.RedisStorage(
@@ -142,6 +147,7 @@ class RateLimiter:
                 *loop.call(
                     lambda: self._hit(item, keys, cost),
                     lambda: on_loop.get().hit(item, keys, cost),
+                    within=REDIS_SECONDS,
                 ),
             )
 

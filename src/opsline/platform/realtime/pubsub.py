@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 
 Message = dict[str, Any]
 PG_CHANNEL = "opsline_realtime"
+# How long a publish from the event loop may wait on Redis (the message is then lost).
+REDIS_SECONDS = 2.0
 
 
 class Subscription(Protocol):
@@ -120,7 +122,9 @@ class RedisPubSub:
         self._client = redis.Redis.from_url(url)
         # Publishing from a use case on the event loop (after its commit) is awaited.
         self._on_loop = loop.PerLoop(
-            lambda: redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
+            lambda: redis.asyncio.Redis.from_url(
+                url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
+            ),
             lambda client: client.aclose(),
         )
 
@@ -129,7 +133,11 @@ class RedisPubSub:
 
     def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         payloads = [(name, orjson.dumps({**body, "channel": name})) for name, body in messages]
-        loop.call(lambda: self._publish(payloads), lambda: self._publish_on_loop(payloads))
+        loop.call(
+            lambda: self._publish(payloads),
+            lambda: self._publish_on_loop(payloads),
+            within=REDIS_SECONDS,
+        )
 
     def _publish(self, payloads: Sequence[tuple[str, bytes]]) -> None:
         pipeline = self._client.pipeline(transaction=False)
