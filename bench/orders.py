@@ -279,6 +279,8 @@ def _paused(groups: list[int], sqlite_file: Path | None) -> Iterator[None]:
     for _ in range(500):
         for group in groups:
             os.killpg(group, signal.SIGSTOP)
+        for group in groups:
+            _wait_stopped(group)  # a signal is delivered later than killpg returns
         if sqlite_file is None or _write_lock_free(sqlite_file):
             break
         for group in groups:
@@ -291,6 +293,23 @@ def _paused(groups: list[int], sqlite_file: Path | None) -> Iterator[None]:
     finally:
         for group in groups:
             os.killpg(group, signal.SIGCONT)
+
+
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of ``pid`` is stopped: until then one may still take the
+    SQLite write lock after the check that found it free."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.001)
+    raise RuntimeError(f"process {pid} did not stop")
 
 
 def _write_lock_free(path: Path) -> bool:
