@@ -126,6 +126,11 @@ def test_a_role_changed_since_it_was_seen_decides(shop: Shop, role: str, status:
     assert remaining[0] - remaining[1] == 2
     assert shop.stock(product["id"]) == (4 if status == 403 else 3)
     assert _orders(shop) == (1 if status == 403 else 2)
+    if status == 403:
+        # The refused role is remembered: the next order is not placed on the old one.
+        again, statements = _watching(shop, product["id"])
+        assert again.status_code == 403
+        assert not [s for s in statements.sent if "memberships.role = " in s]
 
 
 def test_a_seen_order_with_an_api_key(shop: Shop) -> None:

@@ -367,11 +367,11 @@ class PendingContext:
         if role is None:
             _LAST_ROLES.forget(self.claims.session_id)
         principal = _live_principal(self.claims, role)
+        _LAST_ROLES.put(self.claims.session_id, principal.role.value)  # even if it is refused
         if assumed is None or assumed.principal.role != principal.role:
             # An assumed request has been counted by the rate limit already.
             self._context = self._admit(principal, assumed is None)
         self._checked = True
-        _LAST_ROLES.put(self.claims.session_id, principal.role.value)
         return cast(Context, self._context)
 
 
