@@ -140,11 +140,20 @@ def test_a_seen_order_with_an_api_key(shop: Shop) -> None:
     )
     headers = {"X-API-Key": created.json()["key"]}
     body = {"items": [{"product_id": product["id"], "quantity": 1}]}
+    reads = []
     for key in ("one", "two"):
-        placed = shop.client.post(
-            "/api/v1/orders", json=body, headers={**headers, "Idempotency-Key": key}
-        )
+        statements = _Statements()
+        event.listen(Engine, "before_cursor_execute", statements)
+        try:
+            placed = shop.client.post(
+                "/api/v1/orders", json=body, headers={**headers, "Idempotency-Key": key}
+            )
+        finally:
+            event.remove(Engine, "before_cursor_execute", statements)
         assert placed.status_code == 201, placed.text
+        reads.append(sum("FROM products" in s for s in statements.sent))
+    # The key is checked on its own; the products are read for the first order only.
+    assert reads == [1, 0]
     assert shop.stock(product["id"]) == 3
 
 

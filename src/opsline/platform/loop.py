@@ -22,25 +22,43 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+import redis.asyncio
 from sqlalchemy.util import await_
 from sqlalchemy.util.concurrency import in_greenlet
 
 T = TypeVar("T")
 C = TypeVar("C")
 
+# How long a call to Redis from the loop may take, all its round trips together.
+REDIS_SECONDS = 2.0
 
-def call(blocking: Callable[[], T], on_loop: Callable[[], Awaitable[T]], *, within: float) -> T:
+
+def call(
+    blocking: Callable[[], T],
+    on_loop: Callable[[], Awaitable[T]],
+    *,
+    within: float | None = None,
+) -> T:
     """``blocking()``, or inside ``Database.on_loop`` ``on_loop()`` awaited on the loop,
-    where it fails with :class:`TimeoutError` after ``within`` seconds.
+    where it fails with :class:`TimeoutError` after ``within`` seconds (default
+    :data:`REDIS_SECONDS`).
 
     The deadline covers the whole call, however many round trips it makes: the
-    asyncio clients have no socket timeout of their own, since redis-py wraps
-    every send in ``asyncio.wait_for`` (a task per command) when they do. The
-    blocking clients keep theirs.
+    loop's clients (on :func:`redis_pool`) have no socket timeout of their own,
+    since redis-py wraps every send in ``asyncio.wait_for`` (a task per command)
+    when they do. The blocking clients keep theirs.
     """
     if in_greenlet():
-        return await_(_within(on_loop(), within))
+        return await_(_within(on_loop(), REDIS_SECONDS if within is None else within))
     return blocking()
+
+
+def redis_pool(url: str) -> redis.asyncio.ConnectionPool:
+    """A connection pool for an asyncio client of one loop: no socket timeout
+    (:func:`call` puts a deadline around each call), a connect timeout."""
+    return redis.asyncio.ConnectionPool.from_url(
+        url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
+    )
 
 
 async def _within(awaitable: Awaitable[T], seconds: float) -> T:

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.util import greenlet_spawn
 
-from opsline.platform import loop, ratelimit
+from opsline.platform import loop
 from opsline.platform.ratelimit import RateLimiter, RateLimitsUnavailable
 from tests.helpers import assert_problem
 
@@ -70,7 +70,7 @@ def test_a_hit_on_the_loop_that_redis_never_answers_is_a_503_in_time(
     silent_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The asyncio clients have no socket timeout: the call's own deadline ends the wait."""
-    monkeypatch.setattr(ratelimit, "REDIS_SECONDS", 0.3)
+    monkeypatch.setattr(loop, "REDIS_SECONDS", 0.3)
     limiter = RateLimiter(silent_redis)
 
     async def main() -> float:

@@ -38,10 +38,6 @@ return 0
 """
 
 
-# How long one command to Redis may take before the lock service counts as down.
-REDIS_SECONDS = 2.0
-
-
 class LockBusy(Conflict):
     type_slug = "lock-busy"
     title = "Resource busy"
@@ -55,7 +51,7 @@ class LocksUnavailable(ServiceUnavailable):
 class RedisLocks:
     def __init__(self, url: str, *, ttl_ms: int = 5000, wait_ms: int = 2000) -> None:
         self.client = redis.Redis.from_url(
-            url, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS
+            url, socket_timeout=loop.REDIS_SECONDS, socket_connect_timeout=loop.REDIS_SECONDS
         )
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
@@ -101,7 +97,6 @@ class RedisLocks:
             loop.call(
                 lambda: self.client.set(key, token, nx=True, px=self.ttl_ms),
                 lambda: self._on_loop.get().redis.set(key, token, nx=True, px=self.ttl_ms),
-                within=REDIS_SECONDS,
             )
         )
 
@@ -109,7 +104,6 @@ class RedisLocks:
         loop.call(
             lambda: self._release(keys=[key], args=[token]),
             lambda: self._on_loop.get().release(keys=[key], args=[token]),
-            within=REDIS_SECONDS,
         )
 
     def close(self) -> None:
@@ -120,7 +114,5 @@ class _AsyncClient:
     """The asyncio client of one event loop, with the release script registered on it."""
 
     def __init__(self, url: str) -> None:
-        self.redis = redis.asyncio.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
-        )
+        self.redis = redis.asyncio.Redis.from_pool(loop.redis_pool(url))
         self.release = self.redis.register_script(_RELEASE)

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-import redis.asyncio
 import structlog
 from limits import RateLimitItem, WindowStats, parse
 from limits.aio import storage as aio_storage
@@ -33,10 +32,6 @@ from opsline.platform import loop
 from opsline.platform.http.problems import ServiceUnavailable, TooManyRequests
 
 log = structlog.get_logger(__name__)
-
-
-# How long a hit may wait on Redis before the request is refused (503).
-REDIS_SECONDS = 2.0
 
 
 class RateLimitsUnavailable(ServiceUnavailable):
@@ -107,10 +102,7 @@ class _LoopLimiter:
     """The asyncio strategy of one event loop, on a connection pool of its own."""
 
     def __init__(self, url: str) -> None:
-        # No socket timeout: loop.call's deadline covers the hit (see there).
-        self.pool = redis.asyncio.ConnectionPool.from_url(
-            url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
-        )
+        self.pool = loop.redis_pool(url)
         # connection_pool is a documented option the stubs' **options type leaves out.
         storage = aio_storage.RedisStorage(
             "async+" + url,
@@ -147,7 +139,6 @@ class RateLimiter:
                 *loop.call(
                     lambda: self._hit(item, keys, cost),
                     lambda: on_loop.get().hit(item, keys, cost),
-                    within=REDIS_SECONDS,
                 ),
             )
 

@@ -31,8 +31,6 @@ log = structlog.get_logger(__name__)
 
 Message = dict[str, Any]
 PG_CHANNEL = "opsline_realtime"
-# How long a publish from the event loop may wait on Redis (the message is then lost).
-REDIS_SECONDS = 2.0
 
 
 class Subscription(Protocol):
@@ -122,9 +120,7 @@ class RedisPubSub:
         self._client = redis.Redis.from_url(url)
         # Publishing from a use case on the event loop (after its commit) is awaited.
         self._on_loop = loop.PerLoop(
-            lambda: redis.asyncio.Redis.from_url(
-                url, socket_timeout=None, socket_connect_timeout=REDIS_SECONDS
-            ),
+            lambda: redis.asyncio.Redis.from_pool(loop.redis_pool(url)),
             lambda client: client.aclose(),
         )
 
@@ -136,7 +132,6 @@ class RedisPubSub:
         loop.call(
             lambda: self._publish(payloads),
             lambda: self._publish_on_loop(payloads),
-            within=REDIS_SECONDS,
         )
 
     def _publish(self, payloads: Sequence[tuple[str, bytes]]) -> None:
