@@ -37,7 +37,7 @@ from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import Forbidden, Unauthorized
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime.readmission import Readmission
-from opsline.platform.realtime.streams import sse_end, too_many_streams
+from opsline.platform.realtime.streams import sse_end
 from opsline.platform.resources import all_resources
 from opsline.platform.runtime import Runtime
 
@@ -256,7 +256,7 @@ async def progress(
         return JSONResponse(first.model_dump(mode="json"))
     admission.refuse_if_full()
     return StreamingResponse(
-        _progress_stream(runtime, ctx, admission, first, request),
+        _progress_stream(ctx, admission, first, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -279,7 +279,6 @@ def _admit(
 
 
 async def _progress_stream(
-    runtime: Runtime,
     ctx: Context,
     admission: Readmission[uuid.UUID],
     run: RunOut,
@@ -293,10 +292,10 @@ async def _progress_stream(
     ``live_heartbeat_seconds``: a run scheduled for later keeps its stream open
     only while they hold (``event: end`` with the 401 or 403 otherwise)."""
     if not admission.take_slot():
-        yield sse_end(too_many_streams(runtime.settings.live_max_streams_per_user))
+        yield sse_end(admission.too_many())
         return
     try:
-        async with aclosing(_progress_events(runtime, ctx, admission, run, request)) as events:
+        async with aclosing(_progress_events(ctx, admission, run, request)) as events:
             async for event in events:
                 yield event
     except (Unauthorized, Forbidden) as problem:
@@ -306,13 +305,12 @@ async def _progress_stream(
 
 
 async def _progress_events(
-    runtime: Runtime,
     ctx: Context,
     admission: Readmission[uuid.UUID],
     run: RunOut,
     request: Request,
 ) -> AsyncGenerator[bytes, None]:
-    pubsub = pubsub_for(runtime.db.engine)
+    pubsub = pubsub_for(ctx.db.engine)
     subscription = (
         await run_in_threadpool(pubsub.subscribe, channel(ctx.tenant_id)) if pubsub else None
     )

@@ -51,7 +51,7 @@ from opsline.platform.http.problems import (
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
 from opsline.platform.realtime.readmission import Readmission
-from opsline.platform.realtime.streams import sse_end, too_many_streams
+from opsline.platform.realtime.streams import sse_end
 from opsline.platform.runtime import Runtime
 
 router = APIRouter(tags=["orders"], route_class=Route)
@@ -236,7 +236,7 @@ async def order_events(
         # run its finally. Streams opened together may pass the check above and
         # find the slots taken: they end at once.
         if not admission.take_slot():
-            yield sse_end(too_many_streams(runtime.settings.live_max_streams_per_user))
+            yield sse_end(admission.too_many())
             return
         messages = _messages(runtime, admission, last_event_id, request.is_disconnected)
         try:
@@ -280,9 +280,8 @@ async def order_socket(
         return
     if not admission.take_slot():
         # Accepted first: a close before the handshake reaches the client as a bare 403.
-        limit = runtime.settings.live_max_streams_per_user
         await websocket.accept()
-        await websocket.close(code=4429, reason=too_many_streams(limit).detail[:120])
+        await websocket.close(code=4429, reason=admission.too_many().detail[:120])
         return
     try:
         await websocket.accept()

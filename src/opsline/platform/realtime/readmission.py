@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from opsline.db import utcnow
 from opsline.platform.context import Principal
 from opsline.platform.http.deps import principal_from_credentials
-from opsline.platform.http.problems import Forbidden, Unauthorized
+from opsline.platform.http.problems import Forbidden, TooManyRequests, Unauthorized
 from opsline.platform.realtime.streams import too_many_streams
 from opsline.platform.runtime import Runtime
 
@@ -82,4 +82,8 @@ class Readmission(Generic[T]):
         """The 429 now, before a stream starts, if the principal holds all its slots."""
         limit = self._runtime.settings.live_max_streams_per_user
         if self._runtime.live_streams.full(self.subject, limit):
-            raise too_many_streams(limit)
+            raise self.too_many()
+
+    def too_many(self) -> TooManyRequests:
+        """The 429 of a stream that found no slot (an SSE's last event, a WebSocket's close)."""
+        return too_many_streams(self._runtime.settings.live_max_streams_per_user)
