@@ -79,6 +79,39 @@ def test_a_price_changed_since_it_was_seen_is_the_price_charged(shop: Shop) -> N
     assert _orders(shop) == 2
 
 
+def test_a_total_too_large_at_the_price_seen_is_judged_at_the_new_price(shop: Shop) -> None:
+    """A refusal computed from what was seen is not the answer: the price fell."""
+    product = shop.product(stock=20, price="500000000000.00")
+    assert shop.order([(product["id"], 1)]).status_code == 201
+    patched = shop.client.patch(
+        f"/api/v1/products/{product['id']}",
+        json={"price": "1.00"},
+        headers=shop.manager.headers,
+    )
+    assert patched.status_code == 200, patched.text
+    response = shop.order([(product["id"], 10)], key="fell")
+    assert response.status_code == 201, response.text
+    assert response.json()["total"] == "10.00"
+    replay = shop.order([(product["id"], 10)], key="fell")
+    assert (replay.status_code, replay.json()["total"]) == (201, "10.00")
+    assert shop.stock(product["id"]) == 9
+
+
+def test_currencies_mixed_as_seen_but_no_longer_are_one_order(shop: Shop) -> None:
+    euros = shop.product(sku="EUR-1", stock=5)
+    dollars = shop.product(sku="USD-1", stock=5, currency="USD")
+    assert shop.order([(euros["id"], 1)]).status_code == 201
+    assert shop.order([(dollars["id"], 1)]).status_code == 201
+    patched = shop.client.patch(
+        f"/api/v1/products/{euros['id']}", json={"currency": "USD"}, headers=shop.manager.headers
+    )
+    assert patched.status_code == 200, patched.text
+    response = shop.order([(euros["id"], 1), (dollars["id"], 1)])
+    assert response.status_code == 201, response.text
+    assert (response.json()["currency"], response.json()["total"]) == ("USD", "20.00")
+    assert (shop.stock(euros["id"]), shop.stock(dollars["id"])) == (3, 3)
+
+
 def test_a_product_archived_since_it_was_seen_is_refused(shop: Shop) -> None:
     product = shop.product(stock=5)
     assert shop.order([(product["id"], 1)]).status_code == 201

@@ -349,32 +349,27 @@ def _create_order(
     """
     from opsline.orders.jobs import capture_payment
 
-    products = _orderable(quantities, found)
-    if session_check is not None:
-        uow.execute_later(*session_check, expect=1, otherwise=SeenChanged)
     now = utcnow()
     order_id = new_id()
-    lines = [
-        {
-            "id": new_id(),
-            "tenant_id": ctx.tenant_id,
-            "order_id": order_id,
-            "product_id": product.id,
-            "sku": product.sku,
-            "name": product.name,
-            "unit_price": product.price,
-            "quantity": quantities[product.id],
-            "line_total": (product.price * quantities[product.id]).quantize(CENT, ROUND_HALF_UP),
-        }
-        for product in sorted(products.values(), key=lambda p: p.id)
-    ]
+    try:
+        products = _orderable(quantities, found)
+        lines = _lines(ctx, order_id, quantities, products)
+        total = _total(lines)
+    except InvalidOrder:
+        if as_seen:
+            # Judged on what was seen (a currency or a price since changed):
+            # not an answer to store under the key; read afresh and judge that.
+            raise SeenChanged from None
+        raise
+    if session_check is not None:
+        uow.execute_later(*session_check, expect=1, otherwise=SeenChanged)
     order = {
         "id": order_id,
         "tenant_id": ctx.tenant_id,
         "created_by": ctx.principal.subject,
         "user_id": ctx.principal.user_id,
         "status": OrderStatus.PENDING.value,
-        "total": _total(lines),
+        "total": total,
         "currency": next(iter(products.values())).currency,
         "payment_attempt": 0,
         "created_at": now,
@@ -404,6 +399,29 @@ def _create_order(
     seen = products if as_seen else None
     uow.last(lambda: _stock.take(uow, ctx.tenant_id, quantities, now=now, as_seen=seen))
     return _order_body(order, lines)
+
+
+def _lines(
+    ctx: Context,
+    order_id: uuid.UUID,
+    quantities: dict[uuid.UUID, int],
+    products: dict[uuid.UUID, Any],
+) -> list[dict[str, Any]]:
+    """The order's lines, priced from ``products``, in product-id order."""
+    return [
+        {
+            "id": new_id(),
+            "tenant_id": ctx.tenant_id,
+            "order_id": order_id,
+            "product_id": product.id,
+            "sku": product.sku,
+            "name": product.name,
+            "unit_price": product.price,
+            "quantity": quantities[product.id],
+            "line_total": (product.price * quantities[product.id]).quantize(CENT, ROUND_HALF_UP),
+        }
+        for product in sorted(products.values(), key=lambda p: p.id)
+    ]
 
 
 def _total(lines: list[dict[str, Any]]) -> Decimal:
