@@ -279,3 +279,47 @@ def test_lines_that_fit_alone_but_not_together_are_422(shop: Shop) -> None:
     body = assert_problem(shop.order([(a["id"], 1), (b["id"], 1)]), 422)
     assert "total" in body["detail"] and "lines on their own" not in body["detail"]
     assert shop.stock(a["id"]) == shop.stock(b["id"]) == 5
+
+
+# -- amounts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("0E-1000000", "0.00"),
+        ("0E+1000000", "0.00"),
+        ("-0E-1000000", "0.00"),
+        ("1E+2", "100.00"),
+        ("1250E-2", "12.50"),
+    ],
+)
+def test_a_price_written_with_an_exponent_is_kept_with_two_places(
+    shop: Shop, written: str, stored: str
+) -> None:
+    """Valid amounts, though PostgreSQL refuses "0E-1000000" as written (a 500 before)."""
+    created = shop.client.post(
+        "/api/v1/products",
+        json={"sku": "EXP-1", "name": "Exponent", "price": written, "stock": 1},
+        headers=shop.manager.headers,
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["price"] == stored
+    product_id = created.json()["id"]
+    patched = shop.client.patch(
+        f"/api/v1/products/{product_id}", json={"price": written}, headers=shop.manager.headers
+    )
+    assert (patched.status_code, patched.json()["price"]) == (200, stored)
+    read = shop.client.get(f"/api/v1/products/{product_id}", headers=shop.manager.headers)
+    assert read.json()["price"] == stored
+
+
+@pytest.mark.parametrize("written", ["1E-3", "-1E-2", "1E+12", "NaN", "Infinity"])
+def test_a_price_out_of_bounds_with_an_exponent_is_422(shop: Shop, written: str) -> None:
+    response = shop.client.post(
+        "/api/v1/products",
+        json={"sku": "EXP-2", "name": "Exponent", "price": written, "stock": 1},
+        headers=shop.manager.headers,
+    )
+    body = assert_problem(response, 422)
+    assert ["body", "price"] in _locs(body)

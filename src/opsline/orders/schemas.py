@@ -7,7 +7,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
 from opsline.orders._state import OrderStatus
 from opsline.orders.models import MAX_MONEY
@@ -22,6 +29,22 @@ MAX_STOCK = 1_000_000_000
 
 # Money goes over the wire as a string with two places: never a float.
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
+_CENT = Decimal("0.01")
+
+
+def _two_places(amount: Decimal) -> Decimal:
+    """Written with an exponent ("1E+2", "0E-1000000"), a valid amount would reach
+    the database as written, which PostgreSQL refuses ("value overflows numeric
+    format"); "-0" would come back as "-0.00"."""
+    return amount.quantize(_CENT) + 0
+
+
+# An amount in: at most two places once normalised, kept with exactly two.
+MoneyIn = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_MONEY, max_digits=14, decimal_places=2),
+    AfterValidator(_two_places),
+]
 
 
 class Strict(BaseModel):
@@ -31,14 +54,14 @@ class Strict(BaseModel):
 class ProductIn(Strict):
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: OneLine = Field(min_length=1, max_length=200)
-    price: Decimal = Field(ge=0, le=MAX_MONEY, max_digits=14, decimal_places=2)
+    price: MoneyIn
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     stock: int = Field(default=0, ge=0, le=MAX_STOCK)
 
 
 class ProductPatch(Strict):
     name: OneLine | None = Field(default=None, min_length=1, max_length=200)
-    price: Decimal | None = Field(default=None, ge=0, le=MAX_MONEY, max_digits=14, decimal_places=2)
+    price: MoneyIn | None = None
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
 
 
