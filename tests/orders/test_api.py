@@ -316,6 +316,26 @@ def test_cancel_restores_stock_once(shop: Shop) -> None:
     assert shop.stock(product["id"]) == 5
 
 
+def test_every_answer_about_an_order_carries_its_lines(shop: Shop) -> None:
+    """Created, read, listed and cancelled (twice), an order shows the same lines."""
+    first, second = shop.product(sku="L-1", stock=5), shop.product(sku="L-2", stock=5)
+    created = shop.order([(second["id"], 2), (first["id"], 1)])
+    assert created.status_code == 201, created.text
+    lines = created.json()["lines"]
+    assert sorted((x["sku"], x["quantity"]) for x in lines) == [("L-1", 1), ("L-2", 2)]
+    other = shop.order([(first["id"], 1)]).json()
+    url = f"/api/v1/orders/{created.json()['id']}"
+    assert shop.client.get(url, headers=shop.member.headers).json()["lines"] == lines
+    listed = shop.client.get("/api/v1/orders", headers=shop.member.headers).json()["items"]
+    by_id = {item["id"]: item["lines"] for item in listed}
+    assert by_id[created.json()["id"]] == lines
+    assert [x["sku"] for x in by_id[other["id"]]] == ["L-1"]
+    cancelled = shop.client.post(f"{url}/cancel", headers=shop.member.headers)
+    assert (cancelled.json()["status"], cancelled.json()["lines"]) == ("CANCELLED", lines)
+    again = shop.client.post(f"{url}/cancel", headers=shop.member.headers)
+    assert (again.status_code, again.json()["lines"]) == (200, lines)
+
+
 def test_cancel_after_payment_is_409_naming_the_state(shop: Shop, worker: Any) -> None:
     product = shop.product(stock=5)
     order = shop.order([(product["id"], 1)]).json()

@@ -499,10 +499,23 @@ def _orderable(quantities: dict[uuid.UUID, int], found: Sequence[Any]) -> dict[u
     return products
 
 
-def order_out(order_and_lines: tuple[Order, list[OrderLine]]) -> OrderOut:
-    order, lines = order_and_lines
-    out = OrderOut.model_validate(order)
-    out.lines = [OrderLineOut.model_validate(line) for line in lines]
+def _with_lines(session: Session, tenant_id: uuid.UUID, orders: Sequence[Any]) -> list[OrderOut]:
+    """The orders with their lines (one statement for all of them), in order."""
+    if not orders:
+        return []
+    lines: dict[uuid.UUID, list[OrderLineOut]] = defaultdict(list)
+    for line in session.scalars(
+        select(OrderLine)
+        .where(
+            OrderLine.tenant_id == tenant_id,
+            OrderLine.order_id.in_([order.id for order in orders]),
+        )
+        .order_by(OrderLine.order_id, OrderLine.product_id)
+    ):
+        lines[line.order_id].append(OrderLineOut.model_validate(line))
+    out = [OrderOut.model_validate(order) for order in orders]
+    for each in out:
+        each.lines = lines[each.id]
     return out
 
 
@@ -519,12 +532,8 @@ def get_order(ctx: Context, order_id: uuid.UUID) -> OrderOut:
         order = session.scalars(_visible(ctx, select(Order).where(Order.id == order_id))).first()
         if order is None:
             raise OrderNotFound(f"order {order_id} not found")
-        lines = session.scalars(
-            select(OrderLine)
-            .where(OrderLine.order_id == order_id, OrderLine.tenant_id == ctx.tenant_id)
-            .order_by(OrderLine.product_id)
-        ).all()
-    return order_out((order, list(lines)))
+        [out] = _with_lines(session, ctx.tenant_id, [order])
+    return out
 
 
 def list_orders(
@@ -556,7 +565,8 @@ def list_orders(
             key=lambda o: (o.created_at, o.id),
             kinds=[datetime, uuid.UUID],
         )
-    return Page(items=[OrderOut.model_validate(o) for o in rows], next_cursor=next_cursor)
+        items = _with_lines(session, ctx.tenant_id, rows)
+    return Page(items=items, next_cursor=next_cursor)
 
 
 def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tuple[OrderOut, bool]:
@@ -572,7 +582,7 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
         if order is None:
             raise OrderNotFound(f"order {order_id} not found")
         if order.status == OrderStatus.CANCELLED.value:
-            return OrderOut.model_validate(order), False
+            return _with_lines(uow.session, ctx.tenant_id, [order])[0], False
         cancelled = transition(
             uow,
             tenant_id=ctx.tenant_id,
@@ -587,7 +597,7 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
             # what it is now decides, as if it had been read now.
             uow.session.refresh(order)
             if order.status == OrderStatus.CANCELLED.value:
-                return OrderOut.model_validate(order), False
+                return _with_lines(uow.session, ctx.tenant_id, [order])[0], False
             raise InvalidTransition(
                 f"order is {order.status}; it cannot go to {OrderStatus.CANCELLED}",
                 current_status=order.status,
@@ -600,7 +610,7 @@ def cancel_order(ctx: Context, order_id: uuid.UUID, *, reason: str | None) -> tu
                 tenant_id=ctx.tenant_id, order_id=order_id, user_id=order.user_id, reason=reason
             ),
         )
-        return OrderOut.model_validate(cancelled), True
+        return _with_lines(uow.session, ctx.tenant_id, [cancelled])[0], True
 
 
 def _visible_for_cancel(ctx: Context, stmt: Any) -> Any:
