@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from opsline import __version__
+from opsline.api.body_limit import BodyLimitMiddleware
 from opsline.api.errors import install_error_handlers
 from opsline.api.middleware import RequestContextMiddleware
 from opsline.api.ops import router as ops_router
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    # The last added runs first: the request id is bound before a body is refused.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(ops_router)
     for router in api_routers():
