@@ -4,9 +4,11 @@ A request that one database accepts and another refuses is a bug: PostgreSQL
 refuses NUL in text and datetimes it cannot convert, SQLite takes them. These
 types refuse such input at the edge, as a 422 that says what to fix.
 
-- :data:`OneLine`: a name, a code or a filter value; no control character.
-- :data:`FreeText`: a reason or a note; tab and line breaks allowed, no other
-  control character.
+- :data:`OneLine`: a name, a code or a filter value; no control character (C0,
+  DEL, C1), no line or paragraph separator, no bidirectional embedding, override
+  or isolate.
+- :data:`FreeText`: a reason or a note; tab, line feed and carriage return
+  allowed, the rest refused as in :data:`OneLine`.
 - :data:`UtcDatetime`: a datetime with an offset, converted to UTC.
 
 Use them in request models and query parameters with their usual
@@ -23,32 +25,46 @@ from pydantic import AfterValidator, AwareDatetime
 
 from opsline.platform.http.problems import Unprocessable
 
-# C0 controls (NUL included) and DEL; free text keeps tab, line feed and carriage return.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Unicode category Cc: C0 (NUL included), DEL and C1 (U+009B is a terminal's CSI);
+# free text keeps tab, line feed and carriage return.
+_CONTROLS = r"\x00-\x1f\x7f-\x9f"
+_CONTROLS_IN_TEXT = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Line and paragraph separators break a line where no reader expects one; the
+# embeddings, overrides and isolates reorder what is shown ("Trojan Source").
+# The marks (U+200E, U+200F, U+061C) stay: right-to-left text needs them.
+_SEPARATORS = r"\u2028\u2029"
+_BIDI = r"\u202a-\u202e\u2066-\u2069"
+_REFUSED = re.compile(f"[{_CONTROLS}{_SEPARATORS}{_BIDI}]")
+_REFUSED_IN_TEXT = re.compile(f"[{_CONTROLS_IN_TEXT}{_SEPARATORS}{_BIDI}]")
 
 
-def _describe(match: re.Match[str]) -> str:
-    return f"U+{ord(match.group()):04X} at position {match.start()}"
+def _refusal(found: re.Match[str], controls: str) -> ValueError:
+    char = found.group()
+    if char in "\u2028\u2029":
+        what = "line or paragraph separators"
+    elif char > "\x9f":
+        what = "bidirectional formatting characters"
+    else:
+        what = controls
+    return ValueError(
+        f"must not contain {what} (found U+{ord(char):04X} at position {found.start()})"
+    )
 
 
 def check_one_line(value: str) -> str:
-    """``value`` unchanged, or ValueError naming its first control character."""
-    found = _CONTROL.search(value)
+    """``value`` unchanged, or ValueError naming its first refused character."""
+    found = _REFUSED.search(value)
     if found:
-        raise ValueError(f"must not contain control characters (found {_describe(found)})")
+        raise _refusal(found, "control characters")
     return value
 
 
 def check_free_text(value: str) -> str:
-    """``value`` unchanged, or ValueError naming its first control character
-    other than tab, line feed and carriage return."""
-    found = _CONTROL_IN_TEXT.search(value)
+    """``value`` unchanged, or ValueError naming its first refused character; tab,
+    line feed and carriage return are kept."""
+    found = _REFUSED_IN_TEXT.search(value)
     if found:
-        raise ValueError(
-            "must not contain control characters other than tab and line breaks "
-            f"(found {_describe(found)})"
-        )
+        raise _refusal(found, "control characters other than tab and line breaks")
     return value
 
 
