@@ -14,8 +14,10 @@ from rich.table import Table
 from opsline.orders import service
 from opsline.orders._state import OrderStatus
 from opsline.orders.schemas import CancelIn, ProductIn, StockAdjustmentIn
-from opsline.platform.clitools import cli_runtime, console, plain
+from opsline.platform.clitools import cli_runtime, console, fail, plain
 from opsline.platform.context import Context, system_principal
+from opsline.platform.http.problems import NotFound
+from opsline.platform.tenancy import service as tenancy
 
 orders_app = typer.Typer(help="List, show and cancel orders.", no_args_is_help=True)
 products_app = typer.Typer(help="Create and list products; adjust stock.", no_args_is_help=True)
@@ -29,9 +31,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _ctx(runtime: object, tenant: uuid.UUID) -> Context:
+    """The system acting in ``tenant``; an unknown tenant exits 1 naming it (else a
+    create fails on the foreign key, and a list shows nothing as if all were fine)."""
     from opsline.platform.runtime import Runtime
 
     assert isinstance(runtime, Runtime)
+    try:
+        tenancy.get_tenant(runtime.db, tenant)
+    except NotFound:
+        raise fail(f"tenant {tenant} not found") from None
     return Context(runtime.db, runtime.settings, system_principal(tenant))
 
 
