@@ -1,4 +1,8 @@
-"""Products as a bulk-action resource (registered with the platform's registry)."""
+"""Products as a bulk-action resource (registered with the platform's registry).
+
+A settable field checks what :class:`~opsline.orders.schemas.ProductPatch` checks:
+a bulk ``set`` must not store what the products API refuses.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ PRODUCTS = register_resource(
         fields=(
             Field("id", "uuid"),
             Field("sku", "str", max_length=64),
-            Field("name", "str", settable=True, max_length=200),
+            Field("name", "str", settable=True, min_length=1, max_length=200),
             Field(
                 "price",
                 "decimal",
@@ -29,7 +33,7 @@ PRODUCTS = register_resource(
                 maximum=MAX_MONEY,
                 scale=2,
             ),
-            Field("currency", "str", settable=True, max_length=3),
+            Field("currency", "str", settable=True, max_length=3, pattern=r"[A-Z]{3}"),
             Field("stock", "int", minimum=Decimal(0)),
             Field("archived_at", "datetime", nullable=True),
             Field("deleted_at", "datetime", nullable=True),

@@ -3,6 +3,7 @@ and how a client's value is checked before it reaches SQL."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,8 +26,9 @@ class Field:
 
     ``filterable``: may appear in ``where``. ``settable``: may be given a value by
     ``update``'s ``set``. ``adjustable``: numeric, may be changed by ``adjust``
-    (``+5%``, ``-2``). ``minimum``/``maximum``/``choices``/``max_length`` are checked
-    for set values before a run starts and for adjusted results per record.
+    (``+5%``, ``-2``). ``minimum``/``maximum``/``choices``/``min_length``/``max_length``/
+    ``pattern`` are checked for set values before a run starts, and min/max for
+    adjusted results per record. ``pattern`` must match the whole value.
     """
 
     name: str
@@ -39,6 +41,8 @@ class Field:
     maximum: Decimal | None = None
     choices: tuple[str, ...] = ()
     max_length: int | None = None
+    min_length: int | None = None
+    pattern: str | None = None
     scale: int | None = None
     column: str | None = None
 
@@ -58,7 +62,9 @@ class Field:
         for key, value in (
             ("minimum", self.minimum),
             ("maximum", self.maximum),
+            ("min_length", self.min_length),
             ("max_length", self.max_length),
+            ("pattern", self.pattern),
         ):
             if value is not None:
                 out[key] = str(value) if isinstance(value, Decimal) else value
@@ -87,8 +93,12 @@ class Field:
             if self.maximum is not None and value > self.maximum:
                 raise ValueError(f"{self.name} must be at most {self.maximum}")
         if isinstance(value, str):
+            if self.min_length is not None and len(value) < self.min_length:
+                raise ValueError(f"{self.name} needs at least {self.min_length} character(s)")
             if self.max_length is not None and len(value) > self.max_length:
                 raise ValueError(f"{self.name} is longer than {self.max_length} characters")
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                raise ValueError(f"{self.name} must match {self.pattern}")
             if self.choices and value not in self.choices:
                 raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}")
 
