@@ -176,6 +176,9 @@ class _Binds:
     """The sessions and the autocommit lookups of one engine."""
 
     sessions: sessionmaker[Session]
+    # Every transaction of theirs begins only if SQLite's write lock is free at
+    # once (WriteLockBusy if not): after a rollback too, not just the first.
+    no_wait_sessions: sessionmaker[Session]
     read_sessions: sessionmaker[Session]
     lookups: Engine
 
@@ -192,6 +195,11 @@ class _Binds:
             )
         return cls(
             sessions=sessionmaker(engine, expire_on_commit=False, autoflush=True),
+            no_wait_sessions=sessionmaker(
+                engine.execution_options(opsline_no_wait=True),
+                expire_on_commit=False,
+                autoflush=True,
+            ),
             read_sessions=sessionmaker(
                 engine.execution_options(opsline_read_only=True), expire_on_commit=False
             ),
@@ -303,14 +311,17 @@ class Database:
         """Open one write transaction; commit on success, roll back on any error.
 
         With ``wait=False`` (SQLite only) raise :class:`WriteLockBusy` at once,
-        having done nothing, if another thread or process holds the write lock.
+        having done nothing, if another thread or process holds the write lock;
+        and so does a transaction the unit begins after a rollback (an answer
+        stored after its work was undone) if another process took it meanwhile.
         """
         with self._writer(wait):
             binds = self._current()
-            uow = UnitOfWork(binds.sessions(), postgres=not self.is_sqlite, lookups=binds.lookups)
+            sessions = binds.sessions if wait else binds.no_wait_sessions
+            uow = UnitOfWork(sessions(), postgres=not self.is_sqlite, lookups=binds.lookups)
             try:
-                if not wait:  # BEGIN IMMEDIATE now, once: WriteLockBusy if taken
-                    uow.session.connection(execution_options={"opsline_no_wait": True})
+                if not wait:  # BEGIN IMMEDIATE now: WriteLockBusy if taken
+                    uow.session.connection()
                 yield uow
                 uow.commit()
             except BaseException:

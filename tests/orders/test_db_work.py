@@ -120,3 +120,20 @@ def test_an_order_attempted_again_reads_its_products_once(live: Live) -> None:
     remaining = [int(r.headers["ratelimit-remaining"]) for r in (before, response)]
     assert remaining[0] - remaining[1] == 1
     assert live.stock(product) == 4
+
+
+def test_a_unit_that_must_not_wait_does_not_wait_after_a_rollback_either(live: Live) -> None:
+    """Its next transaction (an idempotency key stored with a refusal, after the
+    work was undone) finds the lock taken by another process: WriteLockBusy at
+    once, not a wait of up to 30 s on the event loop."""
+    db = live.runtime.db
+    product = live.product("AFTER-ROLLBACK", stock=5)
+    started = time.monotonic()
+    with pytest.raises(WriteLockBusy):
+        with db.unit_of_work(wait=False) as uow:
+            uow.session.execute(text("UPDATE products SET stock = 4"))
+            uow.rollback()
+            with _held_by_another_connection(db):
+                uow.session.execute(text("UPDATE products SET stock = 0"))  # never reached
+    assert time.monotonic() - started < 5
+    assert live.stock(product) == 5
