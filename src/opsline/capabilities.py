@@ -7,6 +7,7 @@ from opsline.orders import demo as orders_demo
 from opsline.orders import jobs as orders_jobs
 from opsline.orders import permissions as orders_permissions
 from opsline.orders import resources as orders_resources
+from opsline.orders import sweep as orders_sweep
 from opsline.platform.engine import jobs as engine_jobs
 from opsline.platform.idempotency import jobs as idempotency_jobs
 from opsline.platform.resources import members as members_resource
@@ -21,4 +22,5 @@ __all__ = [
     "orders_jobs",
     "orders_permissions",
     "orders_resources",
+    "orders_sweep",
 ]

@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from opsline.bootstrap import bootstrap
 from opsline.orders import service
-from opsline.orders.jobs import sweep_stuck_orders
 from opsline.orders.models import Order, PaymentAttempt, Product
 from opsline.orders.schemas import OrderIn, ProductIn
+from opsline.orders.sweep import sweep_stuck_orders
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
 from opsline.platform.engine.context import JobContext
@@ -127,7 +127,7 @@ def test_kill_9_mid_payment_then_the_sweeper_resolves_every_order(
             db=runtime.db,
             settings=settings,
         )
-        assert sweep_stuck_orders(job) == 10
+        assert sweep_stuck_orders(job)["resolved"] == 10
         _wait(lambda: set(_statuses(runtime)) <= {"PAID", "FAILED"}, 60)
     finally:
         for process in (first, second):

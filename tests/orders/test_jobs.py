@@ -16,9 +16,9 @@ from opsline.orders.jobs import (
     _start_processing,
     capture_payment,
     refund_payment,
-    sweep_stuck_orders,
 )
 from opsline.orders.models import Order, PaymentAttempt
+from opsline.orders.sweep import sweep_stuck_orders
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.models import EventRecord
 from opsline.platform.runtime import Runtime
@@ -146,7 +146,7 @@ def test_sweeper_retries_a_stuck_order_then_fails_it(shop: Shop, runtime: Runtim
             .where(Order.id == uuid.UUID(fresh["id"]))
             .values(status="PROCESSING", payment_attempt=1, processing_started_at=utcnow())
         )
-    assert sweep_stuck_orders(_ctx(runtime, None)) == 2
+    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 2
     assert _order(runtime, exhausted["id"]).status == "FAILED"
     assert _order(runtime, retried["id"]).payment_attempt == 2
     assert _order(runtime, fresh["id"]).status == "PROCESSING"  # not stuck yet
@@ -155,7 +155,7 @@ def test_sweeper_retries_a_stuck_order_then_fails_it(shop: Shop, runtime: Runtim
     assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=retried["id"]) == "paid"
     assert _order(runtime, retried["id"]).payment_reference == f"order-{retried['id']}"
     # A second sweep finds nothing stuck.
-    assert sweep_stuck_orders(_ctx(runtime, None)) == 0
+    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 0
 
 
 def _attempts(runtime: Runtime, order_id: str) -> list[tuple[int, str, str | None]]:
@@ -187,7 +187,7 @@ def test_a_slow_attempt_and_the_sweepers_retry_get_one_answer(shop: Shop, runtim
     slow = _start_processing(ctx, tenant_id, order_id, wait=True)
     assert slow is not None
     _stick(runtime, order["id"], attempt=1)
-    assert sweep_stuck_orders(_ctx(runtime, None)) == 1
+    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 1
     retry = _start_processing(ctx, tenant_id, order_id, wait=True)
     assert retry is not None and retry[0].payment_attempt == 2
     assert retry[1] == slow[1] == f"order-{order_id}"
@@ -222,7 +222,7 @@ def test_a_charge_that_comes_through_after_the_order_failed_is_refunded_once(
     assert stalled is not None
     # The sweeper gives up on the order: FAILED, stock back.
     _stick(runtime, order["id"], attempt=runtime.settings.order_payment_max_attempts)
-    assert sweep_stuck_orders(_ctx(runtime, None)) == 1
+    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 1
     assert _order(runtime, order["id"]).status == "FAILED"
     assert shop.stock(product["id"]) == 3
     # Then the stalled worker's charge comes back: the money was taken.

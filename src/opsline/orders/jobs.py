@@ -1,4 +1,5 @@
-"""Jobs of the orders capability: the payment worker and the stuck-order sweeper.
+"""Jobs of the orders capability: the payment worker and the refund (the sweeper of
+stuck orders is in :mod:`opsline.orders.sweep`).
 
 Delivery is at least once, so each job reloads the order and acts only through
 guarded transitions: a duplicated or redelivered ``capture_payment`` makes one
@@ -13,11 +14,10 @@ gave up on it) is refunded by ``refund_payment``.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, literal_column, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -26,11 +26,10 @@ from opsline.orders import _stock
 from opsline.orders._state import NEXT_PAYMENT_ATTEMPT, OrderStatus, transition
 from opsline.orders.events import OrderFailed, OrderPaid, PaymentRefunded
 from opsline.orders.gateway import ChargeOutcome, ChargeResult, gateway_for
-from opsline.orders.models import Order, attempts_table, orders_table
+from opsline.orders.models import attempts_table, orders_table
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.registry import RetryPolicy, job
-from opsline.platform.engine.scheduler import periodic
 
 log = structlog.get_logger(__name__)
 
@@ -275,56 +274,3 @@ def refund_payment(ctx: JobContext, order_id: uuid.UUID) -> str:
             ),
         )
     return "refunded"
-
-
-@periodic("* * * * *")
-@job("orders.sweep_stuck_orders", queue="default", max_attempts=3)
-def sweep_stuck_orders(ctx: JobContext) -> int:
-    """Resolve orders left PROCESSING past the timeout (their worker died, say).
-
-    An order with payment attempts left gets its payment job again (unique per
-    order and attempt), which asks the gateway again under the same reference;
-    one out of attempts is FAILED with its stock released (a charge that still
-    comes through later is refunded). Returns how many orders were resolved.
-    """
-    settings = ctx.settings
-    cutoff = utcnow() - timedelta(seconds=settings.order_processing_timeout_s)
-    with ctx.db.read() as session:
-        stuck = session.execute(
-            select(Order.id, Order.tenant_id, Order.payment_attempt)
-            .where(
-                # A literal, so that the planner can use the partial index.
-                Order.status == literal_column(f"'{OrderStatus.PROCESSING.value}'"),
-                Order.processing_started_at < cutoff,
-            )
-            .limit(500)
-        ).all()
-    for order_id, tenant_id, attempt in stuck:
-        with ctx.unit_of_work() as uow:
-            if attempt < settings.order_payment_max_attempts:
-                _retry_payment(uow, tenant_id, order_id, attempt, cutoff)
-            else:
-                _mark_failed(uow, tenant_id, order_id, "payment did not complete in time")
-    if stuck:
-        log.info("orders_swept", count=len(stuck))
-    return len(stuck)
-
-
-def _retry_payment(
-    uow: UnitOfWork, tenant_id: uuid.UUID, order_id: uuid.UUID, attempt: int, cutoff: object
-) -> None:
-    # Conditional on the order still being stuck in the same attempt: a sweep
-    # racing a late finish or another sweep changes nothing.
-    result = uow.session.execute(
-        update(Order)
-        .where(
-            Order.id == order_id,
-            Order.tenant_id == tenant_id,
-            Order.status == OrderStatus.PROCESSING.value,
-            Order.payment_attempt == attempt,
-            Order.processing_started_at < cutoff,
-        )
-        .values(payment_attempt=attempt + 1, processing_started_at=utcnow(), updated_at=utcnow())
-    )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        capture_payment.enqueue(uow, tenant_id=tenant_id, order_id=order_id, attempt=attempt + 1)

@@ -30,6 +30,7 @@ MAX_MONEY = Decimal("999999999999.99")
 # take 64 bits; the CHECK makes it refuse what PostgreSQL cannot store).
 STOCK_CEILING = 2**31 - 1
 PROCESSING_ONLY = "status = 'PROCESSING'"
+PENDING_ONLY = "status = 'PENDING'"
 
 
 class Product(Base):
@@ -67,6 +68,14 @@ class Order(Base):
             "processing_started_at",
             sqlite_where=text(PROCESSING_ONLY),
             postgresql_where=text(PROCESSING_ONLY),
+        ),
+        # Only orders in PENDING, for the sweeper's look-up of those whose payment
+        # job died: an order's placement adds one entry, at the index's end.
+        Index(
+            "ix_orders_pending",
+            "updated_at",
+            sqlite_where=text(PENDING_ONLY),
+            postgresql_where=text(PENDING_ONLY),
         ),
     )
 
