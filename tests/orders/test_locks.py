@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from redis import Redis as RedisClient
 
 from opsline.platform.locks import LockBusy, LocksUnavailable, RedisLocks
 from opsline.settings import Settings, SettingsError, load_settings
@@ -78,9 +80,47 @@ class TestOrdersWithLocks:
     def settings_overrides(self, redis_url: str) -> dict[str, object]:
         return {"redis_url": redis_url, "orders_redis_lock": True, "payment_latency_max_ms": 1}
 
-    def test_orders_work_under_the_lock_layer(self, shop: Shop, settings: Settings) -> None:
+    @pytest.fixture
+    def redis(self, redis_url: str) -> Iterator[RedisClient]:
+        client = RedisClient.from_url(redis_url)
+        yield client
+        client.close()
+
+    def test_orders_work_under_the_lock_layer(
+        self, shop: Shop, settings: Settings, redis: RedisClient
+    ) -> None:
         assert settings.orders_redis_lock
         product = shop.product(stock=1)
         assert shop.order([(product["id"], 1)]).status_code == 201
-        assert_problem(shop.order([(product["id"], 1)]), 409)
+        shortage = assert_problem(shop.order([(product["id"], 1)]), 409)
+        assert shortage["type"].endswith("/insufficient-stock")
         assert shop.stock(product["id"]) == 0
+        assert not list(
+            redis.scan_iter(match=f"opsline:lock:{shop.member.tenant_id}:*")
+        )  # released
+
+    def test_a_held_product_lock_makes_an_order_retry_then_409_until_released(
+        self, shop: Shop, redis: RedisClient
+    ) -> None:
+        held, free = shop.product(sku="HELD", stock=5), shop.product(sku="FREE", stock=5)
+        key = f"opsline:lock:{shop.member.tenant_id}:product:{held['id']}"
+        token = f"test-{uuid.uuid4().hex}"
+        assert redis.set(key, token, nx=True, px=30_000)
+        try:
+            started = time.monotonic()
+            busy = assert_problem(shop.order([(held["id"], 1)], key="held-1"), 409)
+            waited = time.monotonic() - started
+            # Only the held product's lock is contended: another product is not held up.
+            assert shop.order([(free["id"], 1)]).status_code == 201
+        finally:
+            ours = redis.get(key)
+            redis.delete(key)
+        assert busy["type"].endswith("/lock-busy") and held["id"] in busy["detail"]
+        assert waited >= 1.5  # it retried for its wait (2 s) before giving up
+        assert ours == token.encode()  # the refused order never released our lock
+        assert shop.stock(held["id"]) == 5
+        # The refusal claimed nothing, not even the key: the same request now succeeds.
+        retried = shop.order([(held["id"], 1)], key="held-1")
+        assert retried.status_code == 201, retried.text
+        assert "Idempotent-Replayed" not in retried.headers
+        assert shop.stock(held["id"]) == 4
