@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -18,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from opsline.platform.auth.tokens import TokenSigner
 from opsline.platform.realtime.pubsub import PG_CHANNEL
+from tests.helpers import PASSWORD
 from tests.orders.conftest import Live
 
 pytestmark = pytest.mark.slow
@@ -178,15 +180,90 @@ def test_websocket_delivers_status_changes(live: Live) -> None:
     assert seen == ["PENDING", "PROCESSING", "PAID"]
 
 
+def _refused_at_handshake(live: Live, query: str) -> int:
+    """The HTTP status a WebSocket handshake is refused with (it must be refused)."""
+    url = live.base.replace("http", "ws") + f"/api/v1/orders/live/ws?{query}"
+    with pytest.raises(InvalidStatus) as refused, connect(url) as socket:
+        socket.recv(timeout=5)
+    return refused.value.response.status_code
+
+
 def test_websocket_refuses_bad_tokens_and_foreign_channels(live: Live) -> None:
-    base = live.base.replace("http", "ws") + "/api/v1/orders/live/ws"
-    with pytest.raises((InvalidStatus, Exception)):
-        with connect(f"{base}?access_token=not-a-token") as socket:
-            socket.recv(timeout=5)
+    # A refusal closes before accepting, which the server answers as a plain HTTP 403
+    # (the 4401/4403 close codes are for feeds already open).
+    assert _refused_at_handshake(live, "access_token=not-a-token") == 403
+    assert _refused_at_handshake(live, "") == 403
     token = live.member["Authorization"].removeprefix("Bearer ")
-    with pytest.raises((InvalidStatus, Exception)):
-        with connect(f"{base}?access_token={token}&scope=tenant") as socket:
-            socket.recv(timeout=5)
+    assert _refused_at_handshake(live, f"access_token={token}&scope=tenant") == 403
+    owner_id = live.http.get("/api/v1/me", headers=live.owner).json()["user"]["id"]
+    assert _refused_at_handshake(live, f"access_token={token}&user_id={owner_id}") == 403
+
+
+def _drain(socket: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+    """Every message other than heartbeats the socket receives in ``seconds``."""
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = json.loads(socket.recv(timeout=remaining))
+        except TimeoutError:
+            break
+        if message != {"type": "heartbeat"}:
+            received.append(message)
+    return received
+
+
+def _follow_to_paid(socket: ClientConnection) -> list[str]:
+    seen: list[str] = []
+    while "PAID" not in seen:
+        message = json.loads(socket.recv(timeout=20))
+        if "status" in message:
+            seen.append(message["status"])
+    return seen
+
+
+def test_websocket_another_member_of_my_tenant_receives_nothing_of_my_order(
+    live: Live,
+) -> None:
+    product = live.product("WS-PRIVATE", stock=5)
+    other, _ = live.join("member")
+    with _socket(live, live.member) as mine, _socket(live, other) as theirs:
+        time.sleep(0.2)
+        live.order([(product, 1)], key="ws-private-1")
+        assert _follow_to_paid(mine) == ["PENDING", "PROCESSING", "PAID"]
+        assert _drain(theirs, 0.5) == []
+    # Nor from the log: replaying everything from the start gives them nothing, me all.
+    with _socket(live, other, "&after=0") as theirs, _socket(live, live.member, "&after=0") as mine:
+        assert _drain(theirs, 0.5) == []
+        assert [m["status"] for m in _drain(mine, 0.1)] == ["PENDING", "PROCESSING", "PAID"]
+
+
+def test_websocket_another_tenant_cannot_follow_this_tenants_orders(live: Live) -> None:
+    product = live.product("WS-TENANT", stock=5)
+    member_id = live.http.get("/api/v1/me", headers=live.member).json()["user"]["id"]
+    email = f"elsewhere-{uuid.uuid4().hex[:8]}@example.com"
+    signed = live.http.post(
+        "/api/v1/auth/signup",
+        json={"email": email, "password": PASSWORD, "tenant_name": "Elsewhere"},
+    ).json()
+    stranger = {"Authorization": f"Bearer {signed['tokens']['access_token']}"}
+    # Their owner may follow their whole tenant or any user id, but only within
+    # their own tenant: naming our member reaches nothing of ours.
+    with ExitStack() as stack:
+        mine = stack.enter_context(_socket(live, live.member))
+        theirs = [
+            stack.enter_context(_socket(live, stranger, query))
+            for query in ("&scope=tenant", f"&user_id={member_id}")
+        ]
+        time.sleep(0.2)
+        order = live.order([(product, 1)], key="ws-tenant-1").json()
+        assert _follow_to_paid(mine) == ["PENDING", "PROCESSING", "PAID"]
+        for socket in theirs:
+            assert _drain(socket, 0.3) == []
+    # Nor from the log (at most 3 feeds a principal: the two above may still count).
+    with _socket(live, stranger, f"&user_id={member_id}&after=0") as replayed:
+        assert _drain(replayed, 0.5) == []
+    assert order["status"] == "PENDING"
 
 
 def _ended_with(events: queue.Queue[dict[str, Any]], timeout: float = 5) -> dict[str, Any]:
