@@ -12,30 +12,33 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from opsline.orders.models import PaymentAttempt
+from opsline.platform.engine.worker import Worker
 from tests.orders.conftest import Live
 
 pytestmark = pytest.mark.slow
 
 
+SETTINGS: dict[str, object] = {
+    "payment_latency_min_ms": 1,
+    "payment_latency_max_ms": 10,
+    "payment_success_rate": 0.8,
+    "payment_seed": "concurrency",
+    "embedded_workers": 4,
+    "embedded_scheduler": False,
+    "db_pool_size": 20,
+}
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {
-        "payment_latency_min_ms": 1,
-        "payment_latency_max_ms": 10,
-        "payment_success_rate": 0.8,
-        "payment_seed": "concurrency",
-        "embedded_workers": 4,
-        "embedded_scheduler": False,
-        "db_pool_size": 20,
-    }
+    return SETTINGS
 
 
-def _parallel(calls: list[Any], threads: int = 32) -> list[httpx.Response]:
+def _parallel(calls: list[Any], threads: int = 32) -> list[Any]:
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda call: call(), calls))
 
@@ -107,30 +110,46 @@ def test_200_concurrent_multi_line_orders_conserve_stock(live: Live) -> None:
         assert start == final + held[product]
 
 
+@pytest.mark.parametrize("settings_overrides", [{**SETTINGS, "embedded_workers": 0}])
 def test_cancel_racing_the_payment_worker_never_both(live: Live) -> None:
     product = live.product("RACE", stock=500)
-    orders = _parallel(
+    placed = _parallel(
         [lambda i=i: live.order([(product, 1)], key=f"race-{i}") for i in range(500)]
     )
-    ids = [r.json()["id"] for r in orders]
-    assert len(ids) == 500
-    cancels = _parallel(
-        [lambda i=i: live.http.post(f"/api/v1/orders/{i}/cancel", headers=live.member) for i in ids]
-    )
-    assert all(r.status_code in (200, 409) for r in cancels), Counter(
-        r.status_code for r in cancels
-    )
-    settled = live.settled()
-    statuses = Counter(o.status for o in settled)
-    assert set(statuses) <= {"CANCELLED", "PAID", "FAILED"}
+    assert all(r.status_code == 201 for r in placed)
+    ids = [r.json()["id"] for r in placed]
+    random.Random(11).shuffle(ids)
+    # Released together: the workers take payments oldest first while the cancels
+    # come in another order, so the two sides race over the same orders.
+    worker = Worker(live.runtime.db, live.runtime.settings, concurrency=4)
+    worker.start()
+    try:
+        cancels = _parallel(
+            [
+                lambda i=i: live.http.post(f"/api/v1/orders/{i}/cancel", headers=live.member)
+                for i in ids
+            ]
+        )
+        settled = {str(o.id): o for o in live.settled()}
+    finally:
+        worker.stop(grace=5)
+    statuses = Counter(o.status for o in settled.values())
+    assert set(statuses) <= {"CANCELLED", "PAID", "FAILED"}, statuses
+    # The race really happened: some cancels won, some lost to the worker.
+    assert statuses["CANCELLED"] >= 1 and statuses["PAID"] + statuses["FAILED"] >= 1, statuses
+    for order_id, cancelled in zip(ids, cancels, strict=True):
+        final = settled[order_id].status
+        if cancelled.status_code == 200:
+            assert final == "CANCELLED" and cancelled.json()["status"] == "CANCELLED"
+        else:
+            assert cancelled.status_code == 409, cancelled.text
+            assert final in ("PAID", "FAILED")
+            assert cancelled.json()["current_status"] in ("PROCESSING", "PAID", "FAILED")
     # Stock came back exactly for cancelled and failed orders, never for paid ones.
     assert live.stock(product) == statuses["CANCELLED"] + statuses["FAILED"]
     with live.runtime.db.read() as session:
-        charged = set(
-            session.scalars(
-                select(PaymentAttempt.order_id).where(PaymentAttempt.outcome == "succeeded")
-            )
-        )
-    cancelled = {o.id for o in settled if o.status == "CANCELLED"}
-    assert not charged & cancelled
-    assert charged == {o.id for o in settled if o.status == "PAID"}
+        attempts = session.execute(select(PaymentAttempt.order_id, PaymentAttempt.outcome)).all()
+    charged = {str(order_id) for order_id, outcome in attempts if outcome == "succeeded"}
+    cancelled_ids = {i for i, o in settled.items() if o.status == "CANCELLED"}
+    assert not {str(order_id) for order_id, _ in attempts} & cancelled_ids  # never charged
+    assert charged == {i for i, o in settled.items() if o.status == "PAID"}
