@@ -41,12 +41,13 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from bench._http import (
     Served,
     background,
@@ -254,11 +255,11 @@ def _round(
     clients: int,
     seconds: float,
     helpers: list[int],
-    sqlite_file: Path | None,
+    quiet: Quiet,
 ) -> dict[str, Any]:
     """The floors and the orders one after the other, as close in time as they can be."""
     body = [json.dumps({"items": [{"product_id": "x", "quantity": 1}]})]
-    with _paused([base.pid, *helpers], sqlite_file):
+    with _paused([base.pid, *helpers], quiet):
         floors = {
             "floor_insert": wrk(floor, "/insert", body, clients=clients, seconds=seconds),
             "floor_insert_inline": wrk(
@@ -268,26 +269,33 @@ def _round(
     return {**floors, "orders": _orders(base, shop, clients, seconds, helpers)}
 
 
+# Whether the paused processes (given by pid) hold nothing the running ones would
+# wait for: pausing one inside a transaction would keep its locks (SQLite's write
+# lock, a hot product's row) for the whole measurement of the other side.
+Quiet = Callable[[list[int]], bool]
+
+
 @contextmanager
-def _paused(groups: list[int], sqlite_file: Path | None) -> Iterator[None]:
+def _paused(groups: list[int], quiet: Quiet) -> Iterator[None]:
     """Stop the orders server and its workers (process groups) while a floor runs.
 
     The payments the orders left behind would otherwise be worked off against
-    the floor. On SQLite they are stopped only at a moment none of them holds
-    the write lock, else the floor would wait for it.
+    the floor. They are stopped only at a moment none of them holds a lock
+    (``quiet``), else the floor, or the other server of the Redis phase, would
+    wait for it.
     """
     for _ in range(500):
         for group in groups:
             os.killpg(group, signal.SIGSTOP)
         for group in groups:
             _wait_stopped(group)  # a signal is delivered later than killpg returns
-        if sqlite_file is None or _write_lock_free(sqlite_file):
+        if quiet(groups):
             break
         for group in groups:
             os.killpg(group, signal.SIGCONT)
         time.sleep(0.01)
     else:
-        raise RuntimeError("the SQLite write lock was never free to pause the orders server")
+        raise RuntimeError("the orders server was never free of locks to pause it")
     try:
         yield
     finally:
@@ -296,8 +304,8 @@ def _paused(groups: list[int], sqlite_file: Path | None) -> Iterator[None]:
 
 
 def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
-    """Until every thread of ``pid`` is stopped: until then one may still take the
-    SQLite write lock after the check that found it free."""
+    """Until every thread of ``pid`` is stopped: until then one may still take a
+    lock after the check that found none."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = []
@@ -312,6 +320,26 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
     raise RuntimeError(f"process {pid} did not stop")
 
 
+def _quiet(backend: str, env: dict[str, str]) -> Quiet:
+    if backend == "sqlite":
+        path = Path(env["OPSLINE_VAR_DIR"]) / "opsline.db"
+        return lambda pids: _write_lock_free(path)
+    url = env["OPSLINE_DATABASE_URL"]
+    port = psycopg.conninfo.conninfo_to_dict(url).get("port") or 5432
+
+    def no_transaction(pids: list[int]) -> bool:
+        ports = [p for pid in pids for p in _client_ports(pid, int(port))]
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE client_port = ANY(%s) AND xact_start IS NOT NULL",
+                (ports,),
+            ).fetchone()
+        return row is not None and row[0] == 0
+
+    return no_transaction
+
+
 def _write_lock_free(path: Path) -> bool:
     conn = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
@@ -322,6 +350,25 @@ def _write_lock_free(path: Path) -> bool:
         return False
     finally:
         conn.close()
+
+
+def _client_ports(pid: int, server_port: int) -> list[int]:
+    """The local ports of ``pid``'s TCP connections to ``server_port`` (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            local, remote, inode = (line.split()[i] for i in (1, 2, 9))
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                ports.append(int(local.rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -370,7 +417,7 @@ def run_backend(
         env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(embedded)}
         run_cli(opsline("migrate"), env)
         result: dict[str, Any] = {"clients": {}}
-        sqlite_file = Path(env["OPSLINE_VAR_DIR"]) / "opsline.db" if backend == "sqlite" else None
+        quiet = _quiet(backend, env)
         command, port = _serve(env)
         with (
             server(command, env, port, "/health/ready") as base,
@@ -381,8 +428,7 @@ def run_backend(
             for c in clients:
                 log(f"{backend}: floors and orders with {c} clients, {rounds} rounds")
                 measured = [
-                    _round(floor, base, shop, c, seconds, helpers, sqlite_file)
-                    for _ in range(rounds)
+                    _round(floor, base, shop, c, seconds, helpers, quiet) for _ in range(rounds)
                 ]
                 result["clients"][c] = _median_round(measured)
             log(f"{backend}: scarce round")
@@ -398,7 +444,7 @@ def run_backend(
         result.update(_conservation(env))
         if lock:
             _redis_phase(
-                backend, env, result, shop, clients, seconds, workers, worker_process, sqlite_file
+                backend, env, result, shop, clients, seconds, workers, worker_process, quiet
             )
             result["oversell"] += _conservation(env)["oversell"]
         for c in clients:
@@ -419,7 +465,7 @@ def _redis_phase(
     seconds: float,
     workers: int,
     worker_process: bool,
-    sqlite_file: Path | None,
+    quiet: Quiet,
 ) -> None:
     """The orders on two servers configured with Redis, one with the lock layer on.
 
@@ -442,9 +488,9 @@ def _redis_phase(
         for c in clients:
             figures = result["clients"][c]
             log(f"{backend}: orders with Redis, lock layer off then on, {c} clients")
-            with _paused([locked.pid, *lock_helpers], sqlite_file):
+            with _paused([locked.pid, *lock_helpers], quiet):
                 figures["orders_with_redis"] = _orders(base, shop, c, seconds, helpers)
-            with _paused([base.pid, *helpers], sqlite_file):
+            with _paused([base.pid, *helpers], quiet):
                 figures["orders_with_redis_lock"] = _orders(locked, shop, c, seconds, lock_helpers)
 
 
