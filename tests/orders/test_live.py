@@ -180,19 +180,50 @@ def test_websocket_delivers_status_changes(live: Live) -> None:
     assert seen == ["PENDING", "PROCESSING", "PAID"]
 
 
-def _refused_at_handshake(live: Live, query: str) -> int:
-    """The HTTP status a WebSocket handshake is refused with (it must be refused)."""
+def _refused_at_handshake(live: Live, query: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status a WebSocket handshake is refused with (it must be refused), its
+    body the problem document, as an SSE request's would be."""
     url = live.base.replace("http", "ws") + f"/api/v1/orders/live/ws?{query}"
-    with pytest.raises(InvalidStatus) as refused, connect(url) as socket:
-        socket.recv(timeout=5)
-    return refused.value.response.status_code
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(url, additional_headers=headers) as socket:
+            socket.recv(timeout=5)
+    response = refused.value.response
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(response.body)
+    assert problem["status"] == response.status_code and problem["detail"]
+    assert problem["request_id"] == response.headers["X-Request-ID"]
+    return response.status_code
+
+
+def _ws_count(live: Live, status: int) -> float:
+    metrics = live.http.get("/metrics").text
+    label = f'method="WS",route="/api/v1/orders/live/ws",status="{status}"'
+    found = [
+        line for line in metrics.splitlines() if line.startswith("opsline_http_requests_total{")
+    ]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in found if label in line)
+
+
+def test_websocket_connections_are_counted_with_their_status(live: Live) -> None:
+    """An accepted feed is a 101 and a refused one its refusal, not a 500."""
+    before = {status: _ws_count(live, status) for status in (101, 401, 500)}
+    assert _refused_at_handshake(live, "access_token=not-a-token") == 401
+    with _socket(live, live.member) as socket:
+        socket.recv(timeout=5)  # a heartbeat: the feed is open
+    deadline = time.monotonic() + 5
+    while _ws_count(live, 101) == before[101]:  # counted when the socket has closed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _ws_count(live, 101) == before[101] + 1
+    assert _ws_count(live, 401) == before[401] + 1
+    assert _ws_count(live, 500) == before[500]
 
 
 def test_websocket_refuses_bad_tokens_and_foreign_channels(live: Live) -> None:
-    # A refusal closes before accepting, which the server answers as a plain HTTP 403
+    # Refused before it is accepted, with the problem as an HTTP response
     # (the 4401/4403 close codes are for feeds already open).
-    assert _refused_at_handshake(live, "access_token=not-a-token") == 403
-    assert _refused_at_handshake(live, "") == 403
+    assert _refused_at_handshake(live, "access_token=not-a-token") == 401
+    assert _refused_at_handshake(live, "") == 401
     token = live.member["Authorization"].removeprefix("Bearer ")
     assert _refused_at_handshake(live, f"access_token={token}&scope=tenant") == 403
     owner_id = live.http.get("/api/v1/me", headers=live.owner).json()["user"]["id"]
@@ -341,8 +372,7 @@ def test_the_stream_ends_when_its_access_token_expires(live: Live) -> None:
         problem = _ended_with(events, timeout=10)
     assert time.monotonic() - opened > 1.5  # it streamed until then
     assert problem["status"] == 401 and "expired" in problem["detail"]
-    with pytest.raises(InvalidStatus):  # refused at connect now
-        _socket(live, {"Authorization": f"Bearer {short}"})
+    assert _refused_at_handshake(live, "", {"Authorization": f"Bearer {short}"}) == 401
 
 
 def _admitted(live: Live, headers: dict[str, str]) -> int:
@@ -359,8 +389,7 @@ def test_a_stream_beyond_the_principals_cap_is_429_until_one_closes(live: Live) 
             assert refused.status_code == 429  # before reading: a stream would never end
             problem = json.loads(refused.read())
         assert problem["status"] == 429 and "Retry-After" in refused.headers
-        with _socket(live, live.member) as socket:
-            assert _closed_with(socket)[0] == 4429
+        assert _refused_at_handshake(live, "", live.member) == 429
         assert _admitted(live, live.owner) == 200  # the cap is per principal
     deadline = time.monotonic() + 5
     while _admitted(live, live.member) != 200:  # until the server saw the streams go

@@ -40,12 +40,19 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started_response
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            # A WebSocket refused with an HTTP response (the denial response
+            # extension) starts one like any request's.
+            if kind in ("http.response.start", "websocket.http.response.start"):
                 started_response = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
+            elif kind == "websocket.accept":
+                started_response, status = True, 101
+            elif kind == "websocket.close" and not started_response:
+                started_response, status = True, 403  # closed before accepting: a 403
             await send(message)
 
         try:

@@ -14,10 +14,11 @@ deactivated user: 401; a role that lost the channel's permission: 403), and the
 feed ends when the access token expires. SSE then sends a last ``event: end``
 whose data is the problem document and closes; the WebSocket closes with 4401
 or 4403 and the problem's detail as its reason. Clients reconnect with a fresh
-token (and resume from the log).
+token (and resume from the log). A WebSocket refused at its handshake gets the
+problem as an HTTP response (401, 403, 429), as SSE does.
 
 A principal holds at most ``live_max_streams_per_user`` feeds open at once in
-one process: one more is a 429 (SSE) or a close with 4429 (WebSocket).
+one process: one more is a 429.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ from opsline.platform.http.deps import principal_from_credentials
 from opsline.platform.http.problems import (
     BadRequest,
     Forbidden,
+    Problem,
     ServiceUnavailable,
     Unauthorized,
 )
 from opsline.platform.http.routing import Route
 from opsline.platform.realtime import Subscription
 from opsline.platform.realtime.readmission import Readmission
-from opsline.platform.realtime.streams import sse_end
+from opsline.platform.realtime.streams import refuse_handshake, sse_end
 from opsline.platform.runtime import Runtime
 
 router = APIRouter(tags=["orders"], route_class=Route)
@@ -271,17 +273,11 @@ async def order_socket(
     try:
         token = _token(websocket.headers.get("authorization"), access_token)
         admission = await run_in_threadpool(_admit, runtime, token, scope, user_id)
-    except (Forbidden, BadRequest) as exc:
-        await websocket.close(code=4403, reason=exc.detail[:120])
-        return
-    except Exception as exc:
-        detail = getattr(exc, "detail", "authentication failed")
-        await websocket.close(code=4401, reason=str(detail)[:120])
+    except Problem as exc:
+        await refuse_handshake(websocket, exc)
         return
     if not admission.take_slot():
-        # Accepted first: a close before the handshake reaches the client as a bare 403.
-        await websocket.accept()
-        await websocket.close(code=4429, reason=admission.too_many().detail[:120])
+        await refuse_handshake(websocket, admission.too_many())
         return
     try:
         await websocket.accept()

@@ -6,12 +6,14 @@ import threading
 from collections import Counter
 
 import orjson
+from starlette.responses import Response
+from starlette.websockets import WebSocket
 
-from opsline.platform.http.problems import Problem, TooManyRequests
+from opsline.platform.http.problems import PROBLEM_JSON, Problem, TooManyRequests
 
 
 def too_many_streams(limit: int) -> TooManyRequests:
-    """The 429 for one live stream more than ``limit`` (SSE; a WebSocket closes with 4429)."""
+    """The 429 for one live stream more than ``limit``."""
     return TooManyRequests(
         f"you hold {limit} live streams open already; close one first",
         headers={"Retry-After": "5"},
@@ -21,6 +23,24 @@ def too_many_streams(limit: int) -> TooManyRequests:
 def sse_end(problem: Problem) -> bytes:
     """An SSE stream's last event: why it ends, as a problem document."""
     return b"event: end\ndata: %s\n\n" % orjson.dumps(problem.body())
+
+
+async def refuse_handshake(websocket: WebSocket, problem: Problem) -> None:
+    """Refuse a WebSocket before accepting it: with the problem as an HTTP response of
+    its status (401, 403, 429, ...) where the server can send one (the WebSocket
+    Denial Response extension; uvicorn's), else with the close code 4000 + status,
+    which the client then sees as a bare 403."""
+    if "websocket.http.response" not in websocket.scope.get("extensions", {}):
+        await websocket.close(code=4000 + problem.status, reason=problem.detail[:120])
+        return
+    body = problem.body(instance=websocket.url.path)
+    request_id = websocket.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    response = Response(
+        orjson.dumps(body), problem.status, headers=problem.headers, media_type=PROBLEM_JSON
+    )
+    await websocket.send_denial_response(response)
 
 
 class StreamSlots:
