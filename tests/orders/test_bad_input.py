@@ -255,6 +255,30 @@ def test_the_database_refuses_stock_outside_an_integer(
     assert shop.stock(product["id"]) == 1
 
 
+def test_a_cancel_that_would_take_stock_past_the_column_is_409_until_stock_comes_down(
+    shop: Shop, runtime: Runtime
+) -> None:
+    """Stock at the column's limit (given back while refilled): the cancel is refused
+    whole, saying what to do, not a 500; once stock is brought down it goes through."""
+    product = shop.product(stock=20)
+    order = shop.order([(product["id"], 10)]).json()
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(products_table)
+            .where(products_table.c.id == uuid.UUID(product["id"]))
+            .values(stock=STOCK_CEILING - 5)
+        )
+    url = f"/api/v1/orders/{order['id']}"
+    body = assert_problem(shop.client.post(f"{url}/cancel", headers=shop.member.headers), 409)
+    assert product["sku"] in body["detail"] and "adjust its stock down" in body["detail"]
+    assert shop.client.get(url, headers=shop.member.headers).json()["status"] == "PENDING"
+    assert shop.stock(product["id"]) == STOCK_CEILING - 5
+    assert _adjust(shop, product["id"], -100).status_code == 200
+    cancelled = shop.client.post(f"{url}/cancel", headers=shop.member.headers)
+    assert cancelled.json()["status"] == "CANCELLED"
+    assert shop.stock(product["id"]) == STOCK_CEILING - 5 - 100 + 10
+
+
 # -- money -------------------------------------------------------------------------------
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 
 from opsline.db import UnitOfWork, utcnow
-from opsline.orders.errors import InsufficientStock, InvalidOrder
-from opsline.orders.models import Product, lines_table, products_table
+from opsline.orders.errors import InsufficientStock, InvalidOrder, StockAboveMaximum
+from opsline.orders.models import STOCK_CEILING, Product, lines_table, products_table
 from opsline.platform.last_seen import SeenChanged
 
 P = products_table.c
@@ -127,7 +127,13 @@ _LINES = (
 )
 _GIVE_BACK = (
     update(products_table)
-    .where(P.id == bindparam("b_id"), P.tenant_id == bindparam("b_tenant_id"))
+    .where(
+        P.id == bindparam("b_id"),
+        P.tenant_id == bindparam("b_tenant_id"),
+        # Else the CHECK refuses it, a 500: above it only after a billion units
+        # were added while a billion more were out in open orders.
+        P.stock <= STOCK_CEILING - bindparam("b_quantity"),
+    )
     .values(stock=P.stock + bindparam("b_quantity"), updated_at=bindparam("b_now"))
 )
 
@@ -138,7 +144,17 @@ def give_back(conn: Connection, tenant_id: uuid.UUID, order_id: uuid.UUID) -> No
     lines = conn.execute(_LINES, {"order_id": order_id, "tenant_id": tenant_id}).all()
     now = utcnow()
     for product_id, quantity in lines:
-        conn.execute(
+        given = conn.execute(
             _GIVE_BACK,
             {"b_id": product_id, "b_tenant_id": tenant_id, "b_quantity": quantity, "b_now": now},
         )
+        if given.rowcount != 1:
+            sku, stock = conn.execute(
+                select(P.sku, P.stock).where(P.id == product_id, P.tenant_id == tenant_id)
+            ).one()
+            raise StockAboveMaximum(
+                f"giving back {quantity} units of {sku} would take its stock of {stock} past "
+                f"{STOCK_CEILING}, the most it holds; adjust its stock down first",
+                stock=stock,
+                maximum=STOCK_CEILING,
+            )
