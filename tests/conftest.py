@@ -17,6 +17,7 @@ os.environ.setdefault("COLUMNS", "200")
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from opsline.api import create_app
 from opsline.bootstrap import bootstrap
@@ -103,6 +104,20 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 def app_client(runtime: Runtime) -> Iterator[TestClient]:
     with TestClient(create_app(runtime=runtime), raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner of ``opsline`` commands against the test's database."""
+    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
+    if settings.database_url:
+        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
+    assert settings.secret_key is not None
+    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
+    monkeypatch.setenv("OPSLINE_ARGON2_TIME_COST", "1")
+    monkeypatch.setenv("OPSLINE_ARGON2_MEMORY_KIB", "1024")
+    monkeypatch.setenv("COLUMNS", "200")  # Rich wraps tables at the terminal's width
+    return CliRunner()
 
 
 @pytest.fixture

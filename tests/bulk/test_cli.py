@@ -9,18 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opsline.cli.main import app
-from opsline.settings import Settings
 from tests.bulk.conftest import Desk
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
-    if settings.database_url:
-        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
-    assert settings.secret_key is not None
-    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
-    return CliRunner()
 
 
 def test_preview_run_list_and_undo(cli: CliRunner, desk: Desk, worker: Any) -> None:

@@ -9,21 +9,6 @@ from typer.testing import CliRunner
 
 from opsline import __version__
 from opsline.cli import app
-from opsline.settings import Settings
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
-    if settings.database_url:
-        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
-    assert settings.secret_key is not None
-    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
-    monkeypatch.setenv("OPSLINE_ARGON2_TIME_COST", "1")
-    monkeypatch.setenv("OPSLINE_ARGON2_MEMORY_KIB", "1024")
-    monkeypatch.setenv("COLUMNS", "200")
-    return CliRunner()
-
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 

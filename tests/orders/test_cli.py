@@ -18,16 +18,6 @@ from tests.orders.conftest import Shop, wait_for
 NAMES = ["[/]", "[bold]x", "a\\", ":smile: [link=x]y[/link]"]
 
 
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
-    if settings.database_url:
-        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
-    assert settings.secret_key is not None
-    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
-    return CliRunner()
-
-
 def test_products_and_orders_print_names_as_typed(cli: CliRunner, shop: Shop) -> None:
     tenant = str(shop.owner.tenant_id)
     for n, name in enumerate(NAMES):

@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from opsline.cli.main import app
-from opsline.settings import Settings
 from tests.helpers import signup
 from tests.orders.conftest import Shop
 
@@ -26,17 +25,6 @@ COMMANDS = [
     ["products", "list"],
     ["products", "adjust-stock", SOME_ID, "--delta", "1", "--reason", "count"],
 ]
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("OPSLINE_VAR_DIR", str(settings.var_dir))
-    if settings.database_url:
-        monkeypatch.setenv("OPSLINE_DATABASE_URL", settings.database_url)
-    assert settings.secret_key is not None
-    monkeypatch.setenv("OPSLINE_SECRET_KEY", settings.secret_key.get_secret_value())
-    monkeypatch.setenv("COLUMNS", "200")
-    return CliRunner()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
