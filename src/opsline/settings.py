@@ -12,8 +12,16 @@ import os
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_KEY_FILE = "secret_key"
@@ -72,7 +80,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    payment_gateway: Literal["simulated"] = "simulated"
+    # simulated: latency, success rate and seed below; http: a real payment
+    # service (contract in opsline.orders.gateway), at payment_gateway_url.
+    payment_gateway: Literal["simulated", "http"] = "simulated"
+    payment_gateway_url: str | None = Field(default=None, validate_default=True)
+    payment_gateway_token: SecretStr | None = None
+    # Per phase of a call (connect, write, read); within the payment job's own 60 s.
+    payment_gateway_timeout_s: float = Field(default=10.0, gt=0, le=60)
     payment_success_rate: float = Field(default=0.8, ge=0, le=1)
     payment_latency_min_ms: float = Field(default=50, ge=0, le=60_000)
     payment_latency_max_ms: float = Field(default=200, ge=0, le=60_000)
@@ -191,6 +205,30 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// URL")
         return value
+
+    @field_validator("payment_gateway_url")
+    @classmethod
+    def _valid_gateway_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator, not a model one: a model's error would echo every
+        # input, the token included, in the raw ValidationError.
+        if value is None:
+            if info.data.get("payment_gateway") == "http":
+                raise ValueError("is required when OPSLINE_PAYMENT_GATEWAY=http")
+            return None
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 -- raises for a port out of range or not a number
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            # The URL is shown in errors and logs: credentials go in the token.
+            raise ValueError(
+                "must not carry credentials, a query or a fragment"
+                " (the token is OPSLINE_PAYMENT_GATEWAY_TOKEN)"
+            )
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _lock_needs_redis(self) -> Settings:

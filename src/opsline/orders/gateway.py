@@ -1,4 +1,4 @@
-"""The payment gateway: an interface, a simulated gateway, and a circuit breaker.
+"""The payment gateway: an interface, a simulated and an HTTP gateway, a circuit breaker.
 
 A gateway charges an amount under a *reference*: the same reference charged
 twice is one charge (the gateway's idempotency key), so a redelivered payment
@@ -6,12 +6,31 @@ job never charges twice, and a charge asked again is answered as it was the
 first time. A charge that turns out to be owed back is refunded under the same
 reference. The simulated gateway decides each reference's fate from a seeded
 hash, so every process, and every retry, sees the same outcome.
+
+The HTTP gateway (``OPSLINE_PAYMENT_GATEWAY=http``) speaks this contract to
+``OPSLINE_PAYMENT_GATEWAY_URL``, with ``Authorization: Bearer <token>`` when a
+token is set:
+
+* ``POST {url}/charges``, JSON ``{"reference", "amount" (string, 2 places),
+  "currency"}``, header ``Idempotency-Key: <reference>``. A 2xx JSON answer
+  ``{"status": "succeeded" | "declined", "detail": "..."}`` is the result; a 402
+  is a decline (its detail from a JSON body's ``detail``, else the status).
+* ``POST {url}/refunds``, the same body, ``Idempotency-Key: refund-<reference>``;
+  any 2xx is done.
+
+Anything else is ``GatewayUnavailable``, never a decline: timeouts, connection
+errors, 408, 429, 5xx, 401/403 (a misconfiguration must not fail customers'
+orders), redirects (not followed), other 4xx, a 2xx that is not JSON or names
+another status. The payment job then retries under the same reference and the
+circuit breaker counts the failure. Its message says what came back (status and
+at most 200 characters of body), never the token.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +38,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
 
+import httpx
+from pydantic import SecretStr
+
+from opsline import __version__
 from opsline.settings import Settings
 
 
@@ -147,26 +170,142 @@ class CircuitBreaker:
         return result
 
 
+# Details land in columns of 200 characters (payment attempts, orders' failure reason).
+_DETAIL_CHARS = 200
+_CENTS = Decimal("0.01")
+
+
+class HttpGateway:
+    """A payment service over HTTP, per the contract in this module's docstring.
+
+    One ``httpx.Client`` per instance: connections are reused, and the client is
+    safe to share between the worker's threads. ``timeout_s`` bounds each phase
+    of a call (connect, write, read, waiting for a pooled connection).
+    """
+
+    def __init__(self, url: str, *, token: SecretStr | None = None, timeout_s: float = 10.0):
+        self.url = url.rstrip("/")
+        self._token = token
+        headers = {"User-Agent": f"opsline/{__version__}", "Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        self._client = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout_s, follow_redirects=False
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpGateway({self.url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def charge(self, *, reference: str, amount: Decimal, currency: str) -> ChargeResult:
+        response = self._post("/charges", reference, amount, currency, key=reference)
+        body = _json(response)
+        if response.status_code == 402:
+            return ChargeResult(ChargeOutcome.DECLINED, self._detail(body) or "declined: HTTP 402")
+        status = body.get("status") if response.is_success and isinstance(body, dict) else None
+        if status not in ("succeeded", "declined"):
+            raise GatewayUnavailable(self._unexpected("/charges", response))
+        if status == "declined":
+            return ChargeResult(ChargeOutcome.DECLINED, self._detail(body) or "declined")
+        return ChargeResult(
+            ChargeOutcome.SUCCEEDED, self._detail(body) or f"charged {amount} {currency}"
+        )
+
+    def refund(self, *, reference: str, amount: Decimal, currency: str) -> None:
+        response = self._post("/refunds", reference, amount, currency, key=f"refund-{reference}")
+        if not response.is_success:
+            raise GatewayUnavailable(self._unexpected("/refunds", response))
+
+    def _post(
+        self, path: str, reference: str, amount: Decimal, currency: str, *, key: str
+    ) -> httpx.Response:
+        body = {
+            "reference": reference,
+            "amount": str(amount.quantize(_CENTS)),
+            "currency": currency,
+        }
+        try:
+            return self._client.post(path, json=body, headers={"Idempotency-Key": key})
+        except httpx.TimeoutException as exc:
+            raise GatewayUnavailable(
+                f"payment gateway: POST {path} timed out ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS, a broken answer
+            raise GatewayUnavailable(
+                f"payment gateway: POST {path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _detail(self, body: object) -> str | None:
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if not isinstance(detail, str) or not detail:
+            return None
+        return self._scrub(detail)
+
+    def _unexpected(self, path: str, response: httpx.Response) -> str:
+        text = self._scrub(response.content.decode("utf-8", "replace")) or "(empty body)"
+        hint = (
+            " (check OPSLINE_PAYMENT_GATEWAY_TOKEN)" if response.status_code in (401, 403) else ""
+        )
+        return f"payment gateway: POST {path} answered HTTP {response.status_code}{hint}: {text}"
+
+    def _scrub(self, text: str) -> str:
+        """One line of at most 200 characters, without the token should the service echo it."""
+        if self._token is not None and self._token.get_secret_value():
+            text = text.replace(self._token.get_secret_value(), "[token]")
+        return " ".join(text.split())[:_DETAIL_CHARS]
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return json.loads(response.content)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+
+
 _BREAKERS: dict[tuple[object, ...], CircuitBreaker] = {}
 _BREAKERS_LOCK = threading.Lock()
 
 
 def gateway_for(settings: Settings) -> CircuitBreaker:
-    """The gateway the settings describe, behind one circuit breaker per process."""
-    key = (
-        settings.payment_gateway,
-        settings.payment_success_rate,
-        settings.payment_latency_min_ms,
-        settings.payment_latency_max_ms,
-        settings.payment_seed,
-    )
+    """The gateway the settings name, behind one circuit breaker per process and configuration.
+
+    The key holds the token as its ``SecretStr``: compared by value, shown masked.
+    """
+    key: tuple[object, ...]
+    if settings.payment_gateway == "http":
+        key = (
+            "http",
+            settings.payment_gateway_url,
+            settings.payment_gateway_timeout_s,
+            settings.payment_gateway_token,
+        )
+    else:
+        key = (
+            settings.payment_gateway,
+            settings.payment_success_rate,
+            settings.payment_latency_min_ms,
+            settings.payment_latency_max_ms,
+            settings.payment_seed,
+        )
     with _BREAKERS_LOCK:
         breaker = _BREAKERS.get(key)
         if breaker is None:
-            gateway = SimulatedGateway(
-                latency_ms=(settings.payment_latency_min_ms, settings.payment_latency_max_ms),
-                success_rate=settings.payment_success_rate,
-                seed=settings.payment_seed,
-            )
-            breaker = _BREAKERS[key] = CircuitBreaker(gateway)
+            breaker = _BREAKERS[key] = CircuitBreaker(_build(settings))
         return breaker
+
+
+def _build(settings: Settings) -> PaymentGateway:
+    if settings.payment_gateway == "http":
+        assert settings.payment_gateway_url is not None  # the settings validate it
+        return HttpGateway(
+            settings.payment_gateway_url,
+            token=settings.payment_gateway_token,
+            timeout_s=settings.payment_gateway_timeout_s,
+        )
+    return SimulatedGateway(
+        latency_ms=(settings.payment_latency_min_ms, settings.payment_latency_max_ms),
+        success_rate=settings.payment_success_rate,
+        seed=settings.payment_seed,
+    )
