@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from opsline.bootstrap import bootstrap
 from opsline.orders.models import Order
+from opsline.platform.engine.context import JobContext
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
 from tests import _server
@@ -188,3 +189,27 @@ def live(settings: Settings) -> Iterator[Live]:
             yield Live(base, http, runtime, owner, member)
     finally:
         runtime.close()
+
+
+def job_context(runtime: Runtime, tenant_id: uuid.UUID | None = None, **fields: Any) -> JobContext:
+    """The context a job function is called with, to call one directly."""
+    given: dict[str, Any] = {
+        "job_id": 0,
+        "name": "test",
+        "queue": "high",
+        "tenant_id": tenant_id,
+        "attempt": 1,
+        "max_attempts": 8,
+        "batch_id": None,
+        "db": runtime.db,
+        "settings": runtime.settings,
+        **fields,
+    }
+    return JobContext(**given)
+
+
+def order_row(runtime: Runtime, order_id: str) -> Order:
+    with runtime.db.read() as session:
+        order = session.get(Order, uuid.UUID(order_id))
+    assert order is not None
+    return order

@@ -20,9 +20,9 @@ from opsline.orders.schemas import OrderIn, ProductIn
 from opsline.orders.sweep import sweep_stuck_orders
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
-from opsline.platform.engine.context import JobContext
 from opsline.settings import Settings
 from tests.helpers import stop_group
+from tests.orders.conftest import job_context
 
 pytestmark = pytest.mark.slow
 
@@ -116,17 +116,7 @@ def test_kill_9_mid_payment_then_the_sweeper_resolves_every_order(
             OPSLINE_PAYMENT_LATENCY_MAX_MS="5",
         )
         time.sleep(settings.order_processing_timeout_s + 0.5)
-        job = JobContext(
-            job_id=0,
-            name="sweep",
-            queue="default",
-            tenant_id=None,
-            attempt=1,
-            max_attempts=1,
-            batch_id=None,
-            db=runtime.db,
-            settings=settings,
-        )
+        job = job_context(runtime, None, name="sweep", queue="default", max_attempts=1)
         assert sweep_stuck_orders(job)["resolved"] == 10
         _wait(lambda: set(_statuses(runtime)) <= {"PAID", "FAILED"}, 60)
     finally:

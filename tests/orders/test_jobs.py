@@ -19,31 +19,9 @@ from opsline.orders.jobs import (
 )
 from opsline.orders.models import Order, PaymentAttempt
 from opsline.orders.sweep import sweep_stuck_orders
-from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.models import EventRecord
 from opsline.platform.runtime import Runtime
-from tests.orders.conftest import Shop
-
-
-def _ctx(runtime: Runtime, tenant_id: uuid.UUID | None, name: str = "test") -> JobContext:
-    return JobContext(
-        job_id=0,
-        name=name,
-        queue="high",
-        tenant_id=tenant_id,
-        attempt=1,
-        max_attempts=8,
-        batch_id=None,
-        db=runtime.db,
-        settings=runtime.settings,
-    )
-
-
-def _order(runtime: Runtime, order_id: str) -> Order:
-    with runtime.db.read() as session:
-        order = session.get(Order, uuid.UUID(order_id))
-    assert order is not None
-    return order
+from tests.orders.conftest import Shop, job_context, order_row
 
 
 def _events(runtime: Runtime, event_type: str) -> int:
@@ -59,11 +37,11 @@ def _events(runtime: Runtime, event_type: str) -> int:
 def test_payment_moves_the_order_to_paid_once(shop: Shop, runtime: Runtime) -> None:
     product = shop.product(stock=3)
     order = shop.order([(product["id"], 1)]).json()
-    ctx = _ctx(runtime, shop.owner.tenant_id)
+    ctx = job_context(runtime, shop.owner.tenant_id)
     assert capture_payment(ctx, order_id=order["id"]) == "paid"
     # A redelivered or duplicated job: no second charge, transition or event.
     assert capture_payment(ctx, order_id=order["id"]) == "nothing to do"
-    settled = _order(runtime, order["id"])
+    settled = order_row(runtime, order["id"])
     assert settled.status == "PAID"
     assert settled.payment_reference == f"order-{order['id']}"
     assert _events(runtime, "orders.order_paid") == 1
@@ -84,10 +62,10 @@ class TestDeclined:
         product = shop.product(stock=3)
         order = shop.order([(product["id"], 2)]).json()
         assert shop.stock(product["id"]) == 1
-        ctx = _ctx(runtime, shop.owner.tenant_id)
+        ctx = job_context(runtime, shop.owner.tenant_id)
         assert capture_payment(ctx, order_id=order["id"]) == "failed"
         assert capture_payment(ctx, order_id=order["id"]) == "nothing to do"
-        assert _order(runtime, order["id"]).status == "FAILED"
+        assert order_row(runtime, order["id"]).status == "FAILED"
         assert shop.stock(product["id"]) == 3
         assert _events(runtime, "orders.order_failed") == 1
 
@@ -104,16 +82,16 @@ def test_a_job_crashed_mid_charge_charges_again_under_the_same_reference(
             .where(Order.id == uuid.UUID(order["id"]))
             .values(status="PROCESSING", payment_attempt=1, processing_started_at=utcnow())
         )
-    ctx = _ctx(runtime, shop.owner.tenant_id)
+    ctx = job_context(runtime, shop.owner.tenant_id)
     assert capture_payment(ctx, order_id=order["id"]) == "paid"
-    assert _order(runtime, order["id"]).payment_reference == f"order-{order['id']}"
+    assert order_row(runtime, order["id"]).payment_reference == f"order-{order['id']}"
 
 
 def test_cancelled_order_is_never_charged(shop: Shop, runtime: Runtime) -> None:
     product = shop.product(stock=3)
     order = shop.order([(product["id"], 1)]).json()
     shop.client.post(f"/api/v1/orders/{order['id']}/cancel", headers=shop.member.headers)
-    assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=order["id"]) == (
+    assert capture_payment(job_context(runtime, shop.owner.tenant_id), order_id=order["id"]) == (
         "nothing to do"
     )
     with runtime.db.read() as session:
@@ -146,16 +124,19 @@ def test_sweeper_retries_a_stuck_order_then_fails_it(shop: Shop, runtime: Runtim
             .where(Order.id == uuid.UUID(fresh["id"]))
             .values(status="PROCESSING", payment_attempt=1, processing_started_at=utcnow())
         )
-    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 2
-    assert _order(runtime, exhausted["id"]).status == "FAILED"
-    assert _order(runtime, retried["id"]).payment_attempt == 2
-    assert _order(runtime, fresh["id"]).status == "PROCESSING"  # not stuck yet
+    assert sweep_stuck_orders(job_context(runtime, None))["resolved"] == 2
+    assert order_row(runtime, exhausted["id"]).status == "FAILED"
+    assert order_row(runtime, retried["id"]).payment_attempt == 2
+    assert order_row(runtime, fresh["id"]).status == "PROCESSING"  # not stuck yet
     assert shop.stock(product["id"]) == 1 + 2  # 5 - 4 ordered + 2 released
     # The retry asks again under the order's one reference.
-    assert capture_payment(_ctx(runtime, shop.owner.tenant_id), order_id=retried["id"]) == "paid"
-    assert _order(runtime, retried["id"]).payment_reference == f"order-{retried['id']}"
+    assert (
+        capture_payment(job_context(runtime, shop.owner.tenant_id), order_id=retried["id"])
+        == "paid"
+    )
+    assert order_row(runtime, retried["id"]).payment_reference == f"order-{retried['id']}"
     # A second sweep finds nothing stuck.
-    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 0
+    assert sweep_stuck_orders(job_context(runtime, None))["resolved"] == 0
 
 
 def _attempts(runtime: Runtime, order_id: str) -> list[tuple[int, str, str | None]]:
@@ -183,11 +164,11 @@ def test_a_slow_attempt_and_the_sweepers_retry_get_one_answer(shop: Shop, runtim
     order = shop.order([(product["id"], 1)]).json()
     order_id = uuid.UUID(order["id"])
     tenant_id = shop.owner.tenant_id
-    ctx = _ctx(runtime, tenant_id)
+    ctx = job_context(runtime, tenant_id)
     slow = _start_processing(ctx, tenant_id, order_id, wait=True)
     assert slow is not None
     _stick(runtime, order["id"], attempt=1)
-    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 1
+    assert sweep_stuck_orders(job_context(runtime, None))["resolved"] == 1
     retry = _start_processing(ctx, tenant_id, order_id, wait=True)
     assert retry is not None and retry[0].payment_attempt == 2
     assert retry[1] == slow[1] == f"order-{order_id}"
@@ -202,7 +183,7 @@ def test_a_slow_attempt_and_the_sweepers_retry_get_one_answer(shop: Shop, runtim
     late = _finish(ctx, tenant_id, order_id, 1, slow[1], answers[1], wait=True)
     expected = "paid" if outcome is ChargeOutcome.SUCCEEDED else "failed"
     assert (first, late) == (expected, "already settled")
-    assert _order(runtime, order["id"]).status == expected.upper()
+    assert order_row(runtime, order["id"]).status == expected.upper()
     assert _attempts(runtime, order["id"]) == [
         (1, f"order-{order_id}", outcome.value),
         (2, f"order-{order_id}", outcome.value),
@@ -217,13 +198,13 @@ def test_a_charge_that_comes_through_after_the_order_failed_is_refunded_once(
     order = shop.order([(product["id"], 2)]).json()
     order_id = uuid.UUID(order["id"])
     tenant_id = shop.owner.tenant_id
-    ctx = _ctx(runtime, tenant_id)
+    ctx = job_context(runtime, tenant_id)
     stalled = _start_processing(ctx, tenant_id, order_id, wait=True)
     assert stalled is not None
     # The sweeper gives up on the order: FAILED, stock back.
     _stick(runtime, order["id"], attempt=runtime.settings.order_payment_max_attempts)
-    assert sweep_stuck_orders(_ctx(runtime, None))["resolved"] == 1
-    assert _order(runtime, order["id"]).status == "FAILED"
+    assert sweep_stuck_orders(job_context(runtime, None))["resolved"] == 1
+    assert order_row(runtime, order["id"]).status == "FAILED"
     assert shop.stock(product["id"]) == 3
     # Then the stalled worker's charge comes back: the money was taken.
     charged = ChargeResult(ChargeOutcome.SUCCEEDED, "charged")
@@ -238,14 +219,14 @@ def test_a_charge_that_comes_through_after_the_order_failed_is_refunded_once(
     assert [outcome for _, _, outcome in _attempts(runtime, order["id"])] == ["refunded"]
     assert _events(runtime, "orders.payment_refunded") == 1
     assert _events(runtime, "orders.order_paid") == 0
-    assert _order(runtime, order["id"]).status == "FAILED"
+    assert order_row(runtime, order["id"]).status == "FAILED"
     assert shop.stock(product["id"]) == 3  # released once, by the sweeper
 
 
 def test_a_refund_is_only_for_a_failed_order(shop: Shop, runtime: Runtime) -> None:
     product = shop.product(stock=3)
     order = shop.order([(product["id"], 1)]).json()
-    ctx = _ctx(runtime, shop.owner.tenant_id)
+    ctx = job_context(runtime, shop.owner.tenant_id)
     assert refund_payment(ctx, order_id=uuid.UUID(order["id"])) == "nothing to refund"
     assert capture_payment(ctx, order_id=order["id"]) == "paid"
     assert refund_payment(ctx, order_id=uuid.UUID(order["id"])) == "nothing to refund"

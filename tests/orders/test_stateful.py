@@ -25,8 +25,8 @@ from opsline.orders.models import Order, OrderLine, Product
 from opsline.orders.schemas import OrderIn, ProductIn
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
-from opsline.platform.engine.context import JobContext
 from tests._databases import base_settings
+from tests.orders.conftest import job_context
 
 LIVE = ("PENDING", "PROCESSING", "PAID")
 
@@ -87,17 +87,7 @@ class Checkout(RuleBasedStateMachine):
     @rule(index=st.integers(0, 50), approve=st.booleans())
     def pay(self, index: int, approve: bool) -> None:
         order_id = self.orders[index % len(self.orders)]
-        job = JobContext(
-            job_id=0,
-            name="t",
-            queue="high",
-            tenant_id=self.ctx.tenant_id,
-            attempt=1,
-            max_attempts=1,
-            batch_id=None,
-            db=self.runtime.db,
-            settings=self.settings,
-        )
+        job = job_context(self.runtime, self.ctx.tenant_id, name="t", max_attempts=1)
         claimed = _start_processing(job, self.ctx.tenant_id, order_id, wait=True)
         if claimed is None:
             return

@@ -25,40 +25,18 @@ from opsline.orders.sweep import _BATCH, sweep_stuck_orders
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
 from opsline.platform.engine._store import Failure, Outcome, Store
-from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.models import EventRecord, Job
 from opsline.platform.engine.service import Scope, cancel_job, retry_job
 from opsline.platform.runtime import Runtime
-from tests.orders.conftest import Shop, wait_for
+from tests.orders.conftest import Shop, job_context, order_row, wait_for
 
 LONG_AGO = timedelta(hours=1)
 
 
-def _ctx(runtime: Runtime, tenant_id: uuid.UUID | None) -> JobContext:
-    return JobContext(
-        job_id=0,
-        name="test",
-        queue="default",
-        tenant_id=tenant_id,
-        attempt=1,
-        max_attempts=3,
-        batch_id=None,
-        db=runtime.db,
-        settings=runtime.settings,
-    )
-
-
 def _sweep(runtime: Runtime) -> tuple[int, int]:
     """How many orders a sweep resolved, and how many failed."""
-    swept = sweep_stuck_orders(_ctx(runtime, None))
+    swept = sweep_stuck_orders(job_context(runtime, None, queue="default", max_attempts=3))
     return swept["resolved"], swept["failed"]
-
-
-def _order(runtime: Runtime, order_id: str) -> Order:
-    with runtime.db.read() as session:
-        order = session.get(Order, uuid.UUID(order_id))
-    assert order is not None
-    return order
 
 
 def _payment_jobs(runtime: Runtime, order_id: str) -> list[Job]:
@@ -140,7 +118,12 @@ def _use_up_attempts(runtime: Runtime, order_id: str) -> None:
 def _stick_processing(runtime: Runtime, shop: Shop, order_id: str, attempt: int) -> None:
     """A worker took the order and died; it has been PROCESSING for long, at ``attempt``."""
     tenant_id = shop.owner.tenant_id
-    assert _start_processing(_ctx(runtime, tenant_id), tenant_id, uuid.UUID(order_id), True)
+    assert _start_processing(
+        job_context(runtime, tenant_id, queue="default", max_attempts=3),
+        tenant_id,
+        uuid.UUID(order_id),
+        True,
+    )
     with runtime.db.unit_of_work() as uow:
         uow.session.execute(
             update(Order)
@@ -161,13 +144,13 @@ def test_a_pending_order_whose_payment_job_was_cancelled_gets_it_again_and_is_pa
 
     assert swept == (1, 0)
     assert _jobs_of(runtime, order["id"]) == [(1, "cancelled"), (2, "available")]
-    pending = _order(runtime, order["id"])
+    pending = order_row(runtime, order["id"])
     assert (pending.status, pending.payment_attempt) == ("PENDING", 1)
     assert shop.stock(product["id"]) == 3  # still held for the order
     # A real worker takes the new job and settles the order.
     request.getfixturevalue("worker")
-    wait_for(lambda: _order(runtime, order["id"]).status in ("PAID", "FAILED"))
-    paid = _order(runtime, order["id"])
+    wait_for(lambda: order_row(runtime, order["id"]).status in ("PAID", "FAILED"))
+    paid = order_row(runtime, order["id"])
     assert (paid.status, paid.payment_attempt) == ("PAID", 2)
     assert shop.stock(product["id"]) == 3  # conserved: 5 = 3 + 2 sold
     assert _events(runtime, "orders.order_paid") == 1
@@ -186,9 +169,9 @@ def test_a_pending_order_whose_payment_jobs_die_until_no_attempt_is_left_fails_o
         _dead_letter(runtime, order["id"])
         _age(runtime, order["id"])
         assert _sweep(runtime) == (1, 0)
-        assert _order(runtime, order["id"]).payment_attempt == min(attempt, max_attempts - 1)
+        assert order_row(runtime, order["id"]).payment_attempt == min(attempt, max_attempts - 1)
 
-    failed = _order(runtime, order["id"])
+    failed = order_row(runtime, order["id"])
     assert failed.status == "FAILED"
     assert failed.failure_reason == "payment never started: its job was dead or cancelled"
     assert _jobs_of(runtime, order["id"]) == [(a, "dead") for a in range(1, max_attempts + 1)]
@@ -197,7 +180,7 @@ def test_a_pending_order_whose_payment_jobs_die_until_no_attempt_is_left_fails_o
     # Nothing is left to sweep, and an operator retrying the dead job charges nothing.
     assert _sweep(runtime) == (0, 0)
     retry_job(runtime.db, Scope.operator(), _payment_jobs(runtime, order["id"])[-1].id)
-    ctx = _ctx(runtime, shop.owner.tenant_id)
+    ctx = job_context(runtime, shop.owner.tenant_id, queue="default", max_attempts=3)
     assert capture_payment(ctx, order_id=order["id"], attempt=max_attempts) == "nothing to do"
     assert shop.stock(product["id"]) == 5
     assert _events(runtime, "orders.order_failed") == 1
@@ -225,7 +208,7 @@ def test_young_orders_and_orders_whose_payment_job_is_still_pending_are_left_alo
 
     assert swept == (0, 0)
     for order_id in (young, running, retrying, waiting):
-        order = _order(runtime, order_id)
+        order = order_row(runtime, order_id)
         assert (order.status, order.payment_attempt) == ("PENDING", 0)
         assert _jobs_of(runtime, order_id) == jobs_before[order_id]
     assert shop.stock(product["id"]) == 6
@@ -254,7 +237,7 @@ def test_a_second_sweep_changes_nothing(shop: Shop, runtime: Runtime) -> None:
 
     first = _sweep(runtime)
     assert first == (3, 0)
-    assert [_order(runtime, o).status for o in (requeued, exhausted, stuck)] == [
+    assert [order_row(runtime, o).status for o in (requeued, exhausted, stuck)] == [
         "PENDING",
         "FAILED",
         "PROCESSING",
@@ -291,11 +274,11 @@ def test_an_order_the_sweep_cannot_resolve_does_not_stop_the_others(
         swept = _sweep(runtime)
 
     assert swept == (2, 1)
-    assert _order(runtime, requeued).payment_attempt == 1
-    assert _order(runtime, exhausted).status == "FAILED"
+    assert order_row(runtime, requeued).payment_attempt == 1
+    assert order_row(runtime, exhausted).status == "FAILED"
     assert shop.stock(good["id"]) == 10 - 1
     # The bad order's unit was rolled back whole, and its failure logged by id.
-    assert _order(runtime, bad).status == "PROCESSING"
+    assert order_row(runtime, bad).status == "PROCESSING"
     assert shop.stock(full["id"]) == STOCK_CEILING
     assert _events(runtime, "orders.order_failed") == 1
     logged = [r.msg for r in caplog.records if r.name == "opsline.orders.sweep"]
@@ -309,7 +292,7 @@ def test_an_order_the_sweep_cannot_resolve_does_not_stop_the_others(
         uow.session.execute(update(Product).where(Product.sku == "FULL").values(stock=8))
     again = _sweep(runtime)
     assert again == (1, 0)
-    assert _order(runtime, bad).status == "FAILED"
+    assert order_row(runtime, bad).status == "FAILED"
     assert shop.stock(full["id"]) == 10
     assert _events(runtime, "orders.order_failed") == 2
 
@@ -328,4 +311,4 @@ def test_a_backlog_of_orders_still_waiting_for_payment_does_not_hide_an_abandone
 
     assert _sweep(runtime) == (1, 0)
     assert _jobs_of(runtime, abandoned) == [(1, "cancelled"), (2, "available")]
-    assert {_order(runtime, o).payment_attempt for o in waiting[:: _BATCH // 5]} == {0}
+    assert {order_row(runtime, o).payment_attempt for o in waiting[:: _BATCH // 5]} == {0}
