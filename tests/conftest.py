@@ -72,11 +72,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def server_url(backend: str, pg_url: str | None) -> str | None:
+    """The PostgreSQL server of a ``postgresql`` test (skipped, or failed where services
+    are required, without one); None on SQLite."""
+    return _require_pg(pg_url) if backend == "postgresql" else None
+
+
+@pytest.fixture
 def database_url(
-    backend: str, templates: TemplateDatabases, tmp_path: Path, pg_url: str | None
+    backend: str, templates: TemplateDatabases, tmp_path: Path, server_url: str | None
 ) -> Iterator[str | None]:
-    url = _require_pg(pg_url) if backend == "postgresql" else None
-    with templates.fresh(backend, tmp_path / "var", url) as fresh:
+    with templates.fresh(backend, tmp_path / "var", server_url) as fresh:
         yield fresh
 
 

@@ -7,6 +7,7 @@ stock + units held by live orders (PENDING, PROCESSING, PAID) == units ever rece
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import select
 
-from opsline import migrate
 from opsline.bootstrap import bootstrap
 from opsline.orders import service
 from opsline.orders.errors import InsufficientStock, InvalidTransition
@@ -25,7 +25,7 @@ from opsline.orders.models import Order, OrderLine, Product
 from opsline.orders.schemas import OrderIn, ProductIn
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context, Principal
-from tests._databases import base_settings
+from tests._databases import TemplateDatabases, base_settings
 from tests.orders.conftest import job_context
 
 LIVE = ("PENDING", "PROCESSING", "PAID")
@@ -33,12 +33,16 @@ LIVE = ("PENDING", "PROCESSING", "PAID")
 
 class Checkout(RuleBasedStateMachine):
     root: Path
+    backend: str
+    templates: TemplateDatabases
+    server_url: str | None
 
     @initialize()
     def start(self) -> None:
         var = self.root / uuid.uuid4().hex
-        self.settings = base_settings(var)
-        migrate.upgrade(self.settings)
+        self.database = ExitStack()  # a fresh, migrated database per example
+        url = self.database.enter_context(self.templates.fresh(self.backend, var, self.server_url))
+        self.settings = base_settings(var, database_url=url)
         self.runtime = bootstrap(self.settings, configure_logs=False)
         from opsline.platform.auth.service import create_user
         from opsline.platform.tenancy.service import create_tenant
@@ -60,6 +64,8 @@ class Checkout(RuleBasedStateMachine):
     def teardown(self) -> None:
         if hasattr(self, "runtime"):
             self.runtime.close()
+        if hasattr(self, "database"):
+            self.database.close()
 
     @rule(a=st.integers(0, 3), b=st.integers(0, 3))
     def create(self, a: int, b: int) -> None:
@@ -122,8 +128,11 @@ class Checkout(RuleBasedStateMachine):
 
 
 @pytest.mark.slow
-def test_checkout_state_machine(tmp_path: Path) -> None:
-    Checkout.root = tmp_path
+def test_checkout_state_machine(
+    tmp_path: Path, backend: str, templates: TemplateDatabases, server_url: str | None
+) -> None:
+    Checkout.root, Checkout.backend, Checkout.templates = tmp_path, backend, templates
+    Checkout.server_url = server_url
     runner = Checkout.TestCase()
     runner.settings = settings(
         max_examples=25,
