@@ -340,6 +340,19 @@ def _quiet(backend: str, env: dict[str, str]) -> Quiet:
     return no_transaction
 
 
+def _analyze(backend: str, env: dict[str, str]) -> None:
+    """Fresh planner statistics before new server processes plan their statements.
+
+    PostgreSQL here runs with autovacuum off (``SHOW autovacuum``), so nothing else
+    would analyse the tables the first phase filled: the new servers then planned
+    the enqueue's look-up of a tenant's newest waiting job from statistics saying
+    none wait, as a sort of every waiting job (~35,000), 15-20 ms in every order.
+    """
+    if backend == "postgresql":
+        with psycopg.connect(env["OPSLINE_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
+
 def _write_lock_free(path: Path) -> bool:
     conn = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
@@ -443,6 +456,7 @@ def run_backend(
             time.sleep(1)
         result.update(_conservation(env))
         if lock:
+            _analyze(backend, env)
             _redis_phase(
                 backend, env, result, shop, clients, seconds, workers, worker_process, quiet
             )
