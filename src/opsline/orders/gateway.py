@@ -42,6 +42,7 @@ import httpx
 from pydantic import SecretStr
 
 from opsline import __version__
+from opsline.orders.models import CENT
 from opsline.settings import Settings
 
 
@@ -172,7 +173,6 @@ class CircuitBreaker:
 
 # Details land in columns of 200 characters (payment attempts, orders' failure reason).
 _DETAIL_CHARS = 200
-_CENTS = Decimal("0.01")
 
 
 class HttpGateway:
@@ -223,7 +223,7 @@ class HttpGateway:
     ) -> httpx.Response:
         body = {
             "reference": reference,
-            "amount": str(amount.quantize(_CENTS)),
+            "amount": str(amount.quantize(CENT)),
             "currency": currency,
         }
         try:

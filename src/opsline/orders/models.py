@@ -26,6 +26,8 @@ from opsline.db import Base, new_id, utcnow
 Money = Numeric(14, 2)
 # The largest amount a Money column holds (12 digits before the point, 2 after).
 MAX_MONEY = Decimal("999999999999.99")
+# Amounts have two places: what each is rounded to.
+CENT = Decimal("0.01")
 # The largest stock the INTEGER column holds on every backend (SQLite's would
 # take 64 bits; the CHECK makes it refuse what PostgreSQL cannot store).
 STOCK_CEILING = 2**31 - 1

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from opsline.orders._state import OrderStatus
-from opsline.orders.models import MAX_MONEY
+from opsline.orders.models import CENT, MAX_MONEY
 from opsline.platform.http.inputs import FreeText, OneLine
 
 MAX_QUANTITY = 10_000
@@ -29,14 +29,13 @@ MAX_STOCK = 1_000_000_000
 
 # Money goes over the wire as a string with two places: never a float.
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
-_CENT = Decimal("0.01")
 
 
 def _two_places(amount: Decimal) -> Decimal:
     """Written with an exponent ("1E+2", "0E-1000000"), a valid amount would reach
     the database as written, which PostgreSQL refuses ("value overflows numeric
     format"); "-0" would come back as "-0.00"."""
-    return amount.quantize(_CENT) + 0
+    return amount.quantize(CENT) + 0
 
 
 # An amount in: at most two places once normalised, kept with exactly two.

@@ -34,6 +34,7 @@ from opsline.orders.errors import (
 )
 from opsline.orders.events import OrderCancelled, OrderCreated, StockAdjusted
 from opsline.orders.models import (
+    CENT,
     MAX_MONEY,
     Order,
     OrderLine,
@@ -58,8 +59,6 @@ from opsline.platform.http.pagination import Page, keyset_page
 from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
 from opsline.platform.last_seen import LastSeen, SeenChanged
 from opsline.platform.locks import RedisLocks
-
-CENT = Decimal("0.01")
 
 # -- products ---------------------------------------------------------------------------
 
