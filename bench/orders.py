@@ -346,7 +346,8 @@ def _analyze(backend: str, env: dict[str, str]) -> None:
     PostgreSQL here runs with autovacuum off (``SHOW autovacuum``), so nothing else
     would analyse the tables the first phase filled: the new servers then planned
     the enqueue's look-up of a tenant's newest waiting job from statistics saying
-    none wait, as a sort of every waiting job (~35,000), 15-20 ms in every order.
+    none wait, as a sort of every waiting job (tens of thousands by then), which cost
+    15-20 ms of database CPU in every order of that phase.
     """
     if backend == "postgresql":
         with psycopg.connect(env["OPSLINE_DATABASE_URL"], autocommit=True) as conn:
