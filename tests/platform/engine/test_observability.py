@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy import update
+from sqlalchemy import text, update
+from structlog.testing import capture_logs
 
 from opsline.db import Database, utcnow
+from opsline.platform.engine._autovacuum import autovacuum_keeps_stats, warn_if_autovacuum_off
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.jobs import prune_finished_jobs
 from opsline.platform.engine.metrics import register_queue_collector
@@ -67,3 +69,20 @@ def test_prune_deletes_old_finished_jobs_only(db: Database, engine_settings: Set
     )
     prune_finished_jobs(ctx)
     assert states(db) == {"succeeded": 1, "dead": 1}
+
+
+def test_a_worker_warns_when_autovacuum_will_not_analyse_the_jobs_table(db: Database) -> None:
+    keeps = autovacuum_keeps_stats(db)
+    if db.is_sqlite:
+        assert keeps is None
+    else:
+        with db.engine.connect() as conn:
+            on = conn.execute(text("SHOW autovacuum")).scalar_one() == "on"
+            counts = conn.execute(text("SHOW track_counts")).scalar_one() == "on"
+        assert keeps is (on and counts)
+    with capture_logs() as logs:
+        warn_if_autovacuum_off(db)
+    warned = [entry for entry in logs if entry["event"] == "postgres_autovacuum_off"]
+    assert len(warned) == (1 if keeps is False else 0)
+    if warned:
+        assert "ANALYZE jobs" in warned[0]["fix"]

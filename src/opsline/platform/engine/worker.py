@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from opsline.db import Database
 from opsline.platform.engine import _wake, changes, metrics
+from opsline.platform.engine._autovacuum import warn_if_autovacuum_off
 from opsline.platform.engine._execute import execute, failure_for
 from opsline.platform.engine._planner import QueuePlanner
 from opsline.platform.engine._rescue import rescue_expired
@@ -140,6 +141,7 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         metrics.register_queue_collector(self.db)
+        warn_if_autovacuum_off(self.db)
         log.info("worker_started", worker=self.id, queues=self.queues, concurrency=self.concurrency)
 
     def stop(self, grace: float | None = None) -> None:
