@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy import text, update
-from structlog.testing import capture_logs
 
 from opsline.db import Database, utcnow
 from opsline.platform.engine._autovacuum import autovacuum_keeps_stats, warn_if_autovacuum_off
@@ -14,6 +15,7 @@ from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.jobs import prune_finished_jobs
 from opsline.platform.engine.metrics import register_queue_collector
 from opsline.platform.engine.models import jobs_table
+from opsline.platform.observability.logging import configure_logging
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
 from tests.platform.engine.helpers import job_row, running_worker, states, wait_until
@@ -71,7 +73,17 @@ def test_prune_deletes_old_finished_jobs_only(db: Database, engine_settings: Set
     assert states(db) == {"succeeded": 1, "dead": 1}
 
 
-def test_a_worker_warns_when_autovacuum_will_not_analyse_the_jobs_table(db: Database) -> None:
+@pytest.fixture
+def logs_configured(engine_settings: Settings) -> None:
+    # As every runtime does; before the test runs, since it replaces the root's
+    # handlers (pytest's capturing handler is added for the test's call).
+    configure_logging(engine_settings.log_format, "WARNING")
+
+
+@pytest.mark.usefixtures("logs_configured")
+def test_a_worker_warns_when_autovacuum_will_not_analyse_the_jobs_table(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     keeps = autovacuum_keeps_stats(db)
     if db.is_sqlite:
         assert keeps is None
@@ -80,9 +92,13 @@ def test_a_worker_warns_when_autovacuum_will_not_analyse_the_jobs_table(db: Data
             on = conn.execute(text("SHOW autovacuum")).scalar_one() == "on"
             counts = conn.execute(text("SHOW track_counts")).scalar_one() == "on"
         assert keeps is (on and counts)
-    with capture_logs() as logs:
+    with caplog.at_level(logging.WARNING, logger="opsline.engine"):
         warn_if_autovacuum_off(db)
-    warned = [entry for entry in logs if entry["event"] == "postgres_autovacuum_off"]
+    warned = [
+        r.msg
+        for r in caplog.records
+        if r.name == "opsline.engine" and r.msg["event"] == "postgres_autovacuum_off"  # type: ignore[index]
+    ]
     assert len(warned) == (1 if keeps is False else 0)
     if warned:
-        assert "ANALYZE jobs" in warned[0]["fix"]
+        assert "ANALYZE jobs" in warned[0]["fix"]  # type: ignore[index]
