@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsline.platform.http.problems import PROBLEM_BASE, PROBLEM_JSON, Problem
+from opsline.platform.http.problems import PROBLEM_BASE, Problem, problem_document
 
 _TITLES = {
     400: ("bad-request", "Bad request"),
@@ -35,7 +35,7 @@ def problem_response(
     *,
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
     slug, title = _TITLES.get(status, ("error", "Error"))
     content = body or {
         "type": PROBLEM_BASE + slug,
@@ -43,19 +43,15 @@ def problem_response(
         "status": status,
         "detail": detail,
     }
-    content.setdefault("instance", request.url.path)
-    request_id = getattr(request.state, "request_id", None)
-    if request_id:
-        content["request_id"] = request_id
-    return JSONResponse(content, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    return problem_document(request, content, headers=headers)
 
 
-async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
-    return problem_response(request, exc.status, exc.detail, body=exc.body(), headers=exc.headers)
+    return exc.response(request)
 
 
-async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404 and detail == "Not Found":
@@ -65,7 +61,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
-async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}

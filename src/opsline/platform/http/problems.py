@@ -2,12 +2,17 @@
 
 Domain code raises a :class:`Problem` (or a subclass in a capability's
 ``errors.py``); one handler in the app renders it as
-``application/problem+json`` with the request id. Nothing internal leaks.
+``application/problem+json`` with the request id (:func:`problem_document`,
+also used where a WebSocket handshake is refused). Nothing internal leaks.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import orjson
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
 PROBLEM_BASE = "https://opsline.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -45,6 +50,21 @@ def document_problems(schema: dict[str, Any]) -> None:
     schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
 
 
+def problem_document(
+    conn: HTTPConnection,
+    body: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """``body`` (a problem document with its ``status``) as the answer to ``conn``:
+    the path as its ``instance`` unless it names one, and the request id."""
+    body.setdefault("instance", conn.url.path)
+    request_id = conn.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    return Response(orjson.dumps(body), body["status"], headers=headers, media_type=PROBLEM_JSON)
+
+
 class Problem(Exception):
     """A client-visible error with an HTTP status and a stable problem type."""
 
@@ -73,6 +93,10 @@ class Problem(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+    def response(self, conn: HTTPConnection) -> Response:
+        """This problem as the answer to the request (or WebSocket handshake) ``conn``."""
+        return problem_document(conn, self.body(), headers=self.headers)
 
 
 class BadRequest(Problem):

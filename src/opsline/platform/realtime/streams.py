@@ -6,10 +6,9 @@ import threading
 from collections import Counter
 
 import orjson
-from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from opsline.platform.http.problems import PROBLEM_JSON, Problem, TooManyRequests
+from opsline.platform.http.problems import Problem, TooManyRequests
 
 
 def too_many_streams(limit: int) -> TooManyRequests:
@@ -33,14 +32,7 @@ async def refuse_handshake(websocket: WebSocket, problem: Problem) -> None:
     if "websocket.http.response" not in websocket.scope.get("extensions", {}):
         await websocket.close(code=4000 + problem.status, reason=problem.detail[:120])
         return
-    body = problem.body(instance=websocket.url.path)
-    request_id = websocket.scope.get("state", {}).get("request_id")
-    if request_id:
-        body["request_id"] = request_id
-    response = Response(
-        orjson.dumps(body), problem.status, headers=problem.headers, media_type=PROBLEM_JSON
-    )
-    await websocket.send_denial_response(response)
+    await websocket.send_denial_response(problem.response(websocket))
 
 
 class StreamSlots:
