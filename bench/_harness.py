@@ -405,10 +405,10 @@ def host_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def services_busy_s() -> float:
-    """CPU seconds used so far by the brokers and databases (whoever their clients are)."""
+def services_usage() -> dict[int, float]:
+    """CPU seconds used so far by each broker and database process (whoever its clients are)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    usage: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -420,8 +420,16 @@ def services_busy_s() -> float:
         comm = raw[raw.find("(") + 1 : raw.rfind(")")]
         if comm in SERVER_COMMANDS or comm.startswith("postgres"):
             rest = raw[raw.rfind(")") + 2 :].split()
-            total += (int(rest[11]) + int(rest[12])) / tick  # utime + stime
-    return total
+            usage[int(entry.name)] = (int(rest[11]) + int(rest[12])) / tick  # utime + stime
+    return usage
+
+
+def services_busy_since(before: dict[int, float]) -> float:
+    """CPU seconds the broker and database processes used since ``before``
+    (:func:`services_usage`): a process started since counts whole, one that
+    exited since is left out (a lower bound, never below zero: summing totals
+    instead would subtract what an exited backend had used before)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in services_usage().items())
 
 
 def _own_busy_s() -> float:
@@ -444,14 +452,14 @@ def other_load() -> Iterator[dict[str, float]]:
     """
     out: dict[str, float] = {}
     try:
-        start = (time.monotonic(), host_busy_s(), services_busy_s(), _own_busy_s())
+        start = (time.monotonic(), host_busy_s(), services_usage(), _own_busy_s())
     except OSError:  # no /proc: say nothing
         yield out
         return
     yield out
     wall = time.monotonic() - start[0]
     host = host_busy_s() - start[1]
-    servers = services_busy_s() - start[2]
+    servers = services_busy_since(start[2])
     own = _own_busy_s() - start[3]
     if wall > 0:
         other = max(0.0, host - servers - own)

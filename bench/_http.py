@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import psycopg
-from bench._harness import host_busy_s, services_busy_s
+from bench._harness import host_busy_s, services_busy_since, services_usage
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get(
@@ -118,7 +118,7 @@ def wrk(
     url = target.url
     cpu_before, switches_before = _usage(target.pid)
     helpers_before = sum(_usage(pid)[0] for pid in helpers)
-    started, host_before, services_before = time.monotonic(), host_busy_s(), services_busy_s()
+    started, host_before, services_before = time.monotonic(), host_busy_s(), services_usage()
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -151,7 +151,7 @@ def wrk(
     cpu_after, switches_after = _usage(target.pid)
     helpers_after = sum(_usage(pid)[0] for pid in helpers)
     wall = time.monotonic() - started
-    host, services = host_busy_s() - host_before, services_busy_s() - services_before
+    host, services = host_busy_s() - host_before, services_busy_since(services_before)
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds_run = raw["duration_us"] / 1e6
