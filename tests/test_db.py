@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from opsline.db import Database, UnitOfWork, new_id
+from opsline.platform.engine._engines import hot_engine
 from opsline.platform.runtime import Runtime
 
 
@@ -87,14 +88,35 @@ def test_new_ids_are_uuid7_in_time_order_and_unique() -> None:
     assert len({(i.int >> 64) & 0xFFF for i in ids}) > 1000
 
 
-def test_a_failed_statements_error_does_not_carry_its_values(db: Database) -> None:
+@pytest.mark.parametrize("pool", ["database", "engine's hot path"])
+def test_a_failed_statements_error_does_not_carry_its_values(db: Database, pool: str) -> None:
     """Errors are logged; the values bound to a statement can be secrets."""
     from sqlalchemy.exc import StatementError
 
+    engine = db.engine if pool == "database" else hot_engine(db)
     with pytest.raises(StatementError) as failed:
-        with db.unit_of_work() as uow:
-            uow.connection.execute(
+        with engine.begin() as conn:
+            conn.execute(
                 text("SELECT n FROM no_such_table WHERE n = :n"), {"n": "hash-of-a-secret"}
             )
     assert "no_such_table" in str(failed.value)
     assert "hash-of-a-secret" not in str(failed.value)
+
+
+def test_every_sqlite_connection_is_set_up_alike(db: Database) -> None:
+    """The engine's hot-path pool (claims, acks, enqueues) checkpoints and checks
+    foreign keys as the database's own does; only its busy wait differs."""
+    if not db.is_sqlite:
+        pytest.skip("SQLite's connection settings")
+    settings = db.settings
+    expected = {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "wal_autocheckpoint": settings.sqlite_wal_autocheckpoint,
+        "synchronous": {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}[settings.sqlite_synchronous],
+    }
+    for engine, busy_ms in ((db.engine, 30_000), (hot_engine(db), 0)):
+        with engine.connect() as conn:
+            seen = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in expected}
+            assert seen == expected
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == busy_ms

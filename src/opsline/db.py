@@ -1004,7 +1004,7 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             # they can be password hashes, tokens' digests, customers' data.
             hide_parameters=True,
         )
-        _configure_sqlite(engine, settings.sqlite_synchronous, settings.sqlite_wal_autocheckpoint)
+        _configure_sqlite(engine, settings)
         return engine
     _cache_long_statements()
     # Workers, the CLI and the thread pool: every checkout is pinged first, so a
@@ -1077,20 +1077,28 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("connection died while idle in the pool")
 
 
-def _configure_sqlite(engine: Engine, synchronous: str, wal_autocheckpoint: int) -> None:
+def prepare_sqlite_connection(
+    dbapi_connection: Any, settings: Settings, *, busy_timeout_ms: int
+) -> None:
+    """What every SQLite connection of the process is set up with, whichever pool holds it."""
+    # Take transaction control away from the sqlite3 module: we emit BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    # Checkpoint every N pages of WAL rather than SQLite's 1,000: a page written
+    # by many commits is copied back to the database once. Per connection: the
+    # commit that passes the mark runs the checkpoint, whichever pool it is in.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={int(settings.sqlite_wal_autocheckpoint)}")
+    cursor.close()
+
+
+def _configure_sqlite(engine: Engine, settings: Settings) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the sqlite3 module: we emit BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        # Checkpoint every N pages of WAL rather than SQLite's 1,000: a page
-        # written by many commits is copied back to the database once.
-        cursor.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
-        cursor.close()
+        prepare_sqlite_connection(dbapi_connection, settings, busy_timeout_ms=30_000)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 
-from opsline.db import Database
+from opsline.db import Database, prepare_sqlite_connection
 
 LOCK_WAIT_SECONDS = 30.0
 _lock = threading.Lock()
@@ -57,18 +57,13 @@ def _create_sqlite_engine(db: Database) -> Engine:
         connect_args={"check_same_thread": False, "timeout": 30},
         pool_size=4,
         max_overflow=8,
+        hide_parameters=True,  # as the database's own engine: job arguments are customers' data
     )
-    synchronous = db.settings.sqlite_synchronous
+    settings = db.settings
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=0")
-        cursor.close()
+        prepare_sqlite_connection(dbapi_connection, settings, busy_timeout_ms=0)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
