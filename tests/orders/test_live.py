@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -217,6 +218,21 @@ def test_websocket_connections_are_counted_with_their_status(live: Live) -> None
     assert _ws_count(live, 101) == before[101] + 1
     assert _ws_count(live, 401) == before[401] + 1
     assert _ws_count(live, 500) == before[500]
+
+
+def test_a_refused_websocket_is_no_server_error_in_the_log(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn's own protocol logs a refusal as an incomplete handshake at ERROR.
+    refused = _ws_count(live, 401)
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+        assert _refused_at_handshake(live, "access_token=not-a-token") == 401
+        deadline = time.monotonic() + 5
+        while _ws_count(live, 401) == refused:  # counted as the app returns
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)  # the server would log right after
+    assert [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"] == []
 
 
 def test_websocket_refuses_bad_tokens_and_foreign_channels(live: Live) -> None:

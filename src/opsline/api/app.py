@@ -13,7 +13,7 @@ from fastapi.responses import ORJSONResponse
 from opsline import __version__
 from opsline.api.body_limit import BodyLimitMiddleware
 from opsline.api.errors import install_error_handlers
-from opsline.api.middleware import RequestContextMiddleware
+from opsline.api.middleware import RequestContextMiddleware, install_log_filters
 from opsline.api.ops import router as ops_router
 from opsline.api.routers import api_routers
 from opsline.bootstrap import bootstrap
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_log_filters()
     # The last added runs first: the request id is bound before a body is refused.
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -6,9 +6,11 @@ costs microseconds and keeps streaming responses streaming.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -20,6 +22,29 @@ from opsline.platform.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("opsline.http")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+# Set in the server's task for this connection once a WebSocket was refused with
+# an HTTP response (the denial response extension).
+_DENIED: ContextVar[bool] = ContextVar("opsline_websocket_denied", default=False)
+_INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+class DeniedHandshakeIsNoError(logging.Filter):
+    """uvicorn's default WebSocket protocol (websockets-sansio, 0.54) logs
+    "ASGI callable returned without completing handshake." at ERROR after every
+    denial response, although the client got it (uvicorn pull request 3138).
+    Dropped here for the refusals this app sent, which it logs itself with their
+    status; a handler that returned without accepting or refusing is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_DENIED.get() and record.getMessage() == _INCOMPLETE_HANDSHAKE)
+
+
+def install_log_filters() -> None:
+    """Add :class:`DeniedHandshakeIsNoError` to uvicorn's error logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DeniedHandshakeIsNoError) for f in logger.filters):
+        logger.addFilter(DeniedHandshakeIsNoError())
 
 
 class RequestContextMiddleware:
@@ -44,6 +69,8 @@ class RequestContextMiddleware:
             # A WebSocket refused with an HTTP response (the denial response
             # extension) starts one like any request's.
             if kind in ("http.response.start", "websocket.http.response.start"):
+                if kind == "websocket.http.response.start":
+                    _DENIED.set(True)
                 started_response = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
