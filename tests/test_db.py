@@ -103,6 +103,31 @@ def test_a_failed_statements_error_does_not_carry_its_values(db: Database, pool:
     assert "hash-of-a-secret" not in str(failed.value)
 
 
+def test_a_held_back_statements_error_does_not_carry_its_values(db: Database) -> None:
+    """Statements held back (``execute_later``) run on the DB-API cursor directly."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert
+    from sqlalchemy.exc import IntegrityError
+
+    table = Table(
+        "scratch_secrets",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("token", String(40), unique=True),
+    )
+    table.create(db.engine)
+    stmt = insert(table).values(id=bindparam("id"), token=bindparam("token"))
+    with db.unit_of_work() as uow:
+        uow.execute_later(stmt, {"id": 1, "token": "tok-first-secret"})
+    with pytest.raises(IntegrityError) as failed:
+        with db.unit_of_work() as uow:
+            uow.execute_later(stmt, {"id": 2, "token": "tok-first-secret"})
+    message = str(failed.value)
+    assert "scratch_secrets" in message
+    assert "[parameters:" not in message and "SQL parameters hidden" in message
+    # PostgreSQL's own DETAIL names the key's value: masked when logged (test_logging).
+    assert "tok-first-secret" not in message.split("DETAIL")[0]
+
+
 def test_every_sqlite_connection_is_set_up_alike(db: Database) -> None:
     """The engine's hot-path pool (claims, acks, enqueues) checkpoints and checks
     foreign keys as the database's own does; only its busy wait differs."""

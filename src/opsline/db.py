@@ -749,8 +749,14 @@ class _Direct:
             rows = cast(list[Any], cursor.fetchall()) if description is not None else []
         except conn.dialect.loaded_dbapi.Error as exc:
             # A lost connection is found and invalidated by the unit's rollback.
+            # Its values hidden as the engine hides them: they can be customers' data.
             raise DBAPIError.instance(
-                self.sql, bound, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+                self.sql,
+                bound,
+                exc,
+                conn.dialect.loaded_dbapi.Error,
+                hide_parameters=conn.engine.hide_parameters,
+                dialect=conn.dialect,
             ) from exc
         finally:
             cursor.close()
