@@ -31,6 +31,10 @@ def test_secrets_never_appear_in_logs(
         "debugging", password=PASSWORD, headers={"authorization": f"Bearer {login['access_token']}"}
     )
     logging.getLogger("careless.stdlib").warning("got key %s", key)
+    # PostgreSQL's error text names a violated key's values.
+    structlog.get_logger("careless").error(
+        "integrity", error=f"DETAIL:  Key (lower((email)::text))=({account.email}) already exists."
+    )
 
     out, err = capfd.readouterr()
     logs = out + err
@@ -42,9 +46,11 @@ def test_secrets_never_appear_in_logs(
         login["access_token"],
         login["refresh_token"],
         key,
+        account.email,
     ):
         assert secret not in logs
     assert "[redacted]" in logs
+    assert "Key (lower((email)::text))=([redacted]) already exists" in logs
 
 
 def test_request_log_lines_carry_request_id_and_tenant(

@@ -25,8 +25,17 @@ SENSITIVE_TEXT = re.compile(
 REDACTED = "[redacted]"
 
 
+# PostgreSQL names the values of a violated key in its error's DETAIL
+# ("Key (email)=(ann@example.com) already exists."): customers' data, whatever
+# hides a statement's parameters.
+KEY_VALUES = re.compile(
+    r"(Key \(.*?\)=\().*?(\) (?:already exists|is not present|is still referenced|conflicts with))"
+)
+
+
 def _mask_text(text: str) -> str:
-    return SENSITIVE_TEXT.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + REDACTED, text)
+    text = SENSITIVE_TEXT.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + REDACTED, text)
+    return KEY_VALUES.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
 
 
 def _redact(value: Any, depth: int = 0) -> Any:
