@@ -86,6 +86,12 @@ def wait_cancel(ctx: JobContext) -> None:
         time.sleep(0.01)
 
 
+@job("tests.sleep", max_attempts=3)
+def sleep(ctx: JobContext, *, seconds: float, key: str) -> None:
+    record(key, ctx.attempt)
+    time.sleep(seconds)
+
+
 @job("tests.slow", timeout=0.3, max_attempts=2, retry=RetryPolicy(base=0.01, cap=0.01))
 def slow(ctx: JobContext, *, key: str) -> None:
     record(key, ctx.attempt)

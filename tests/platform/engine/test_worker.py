@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,6 +174,33 @@ def test_stop_gives_back_unstarted_jobs(db: Database, engine_settings: Settings)
     with db.read() as session:
         attempts = session.execute(select(J.attempt)).scalars().all()
     assert set(attempts) == {0}
+
+
+def test_a_job_running_in_the_stop_grace_keeps_its_lease(
+    db: Database, engine_settings: Settings
+) -> None:
+    """A stopping worker renews its leases until it has given every job back, so
+    a job still running in the grace is not rescued (and run a second time)."""
+    short = engine_settings.model_copy(
+        update={"job_lease_seconds": 0.9, "job_shutdown_grace_seconds": 10.0}
+    )
+    job_id = enqueue(db, "tests.sleep", {"seconds": 2.5, "key": "grace"})
+    worker = Worker(db, short, concurrency=1)
+    worker.start()
+    wait_until(lambda: bool(sample_jobs.CALLS["grace"]))
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    rescued = 0
+    try:
+        while stopper.is_alive():  # about two and a half lease lengths
+            rescued += rescue_expired(db)
+            time.sleep(0.1)
+    finally:
+        stopper.join()
+    assert rescued == 0
+    assert sample_jobs.CALLS["grace"] == [1]
+    row = job_row(db, job_id)
+    assert (row.state, row.attempt) == ("succeeded", 1)
 
 
 def test_rate_limited_jobs_wait_for_the_window_without_using_attempts(

@@ -111,6 +111,7 @@ class Worker:
         self._wake = threading.Event()
         self._doorbell = _wake.Doorbell(self._wake)
         self._stopping = threading.Event()
+        self._dispatched = threading.Event()  # the dispatcher gave every job back
         self._stopped = threading.Event()
         self._slots: list[_Slot] = []
         self._threads: list[threading.Thread] = []
@@ -152,8 +153,12 @@ class Worker:
             self._grace = grace
         self._stopping.set()
         self._wake.set()
-        for thread in self._threads:
-            thread.join()
+        dispatch, heartbeat = self._threads
+        dispatch.join()
+        # Leases are renewed until the dispatcher has given every job back: a
+        # job still running in the grace must not be rescued (and run twice).
+        self._dispatched.set()
+        heartbeat.join()
         for _ in self._slots:
             self._work.put(None)
         for watcher in self._watchers:
@@ -384,10 +389,10 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         lease = self.settings.job_lease_seconds
         next_rescue = 0.0
-        while not self._stopping.wait(lease / 3):
+        while not self._dispatched.wait(lease / 3):
             try:
                 self._renew()
-                if time.monotonic() >= next_rescue:
+                if not self._stopping.is_set() and time.monotonic() >= next_rescue:
                     next_rescue = time.monotonic() + lease / 2
                     if rescue_expired(self.db):
                         self._wake.set()
