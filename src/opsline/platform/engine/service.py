@@ -92,8 +92,10 @@ def get_job(db: Database, scope: Scope, job_id: int) -> JobDetail:
         return JobDetail(**out, errors=[JobErrorOut.model_validate(e) for e in errors])
 
 
-def _scoped_job(session: Session, scope: Scope, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def _scoped_job(session: Session, scope: Scope, job_id: int, *, lock: bool = False) -> Job:
+    """The job in scope; with ``lock`` its row is locked for the transaction (on
+    PostgreSQL a worker's claim or ack of it waits, or is waited for and read)."""
+    job = session.get(Job, job_id, with_for_update=lock)
     if job is None or not (scope.all_tenants or job.tenant_id == scope.tenant_id):
         raise JobNotFound(f"no job {job_id}")
     return job
@@ -102,10 +104,10 @@ def _scoped_job(session: Session, scope: Scope, job_id: int) -> Job:
 def retry_job(db: Database, scope: Scope, job_id: int) -> JobOut:
     """Make a dead, cancelled or waiting job available now, with one more attempt allowed."""
     with db.unit_of_work() as uow:
-        job = _scoped_job(uow.session, scope, job_id)
+        job = _scoped_job(uow.session, scope, job_id, lock=True)
         if job.state not in RETRYABLE:
             raise JobStateConflict(f"job {job_id} is {job.state}; only {RETRYABLE} can be retried")
-        uow.session.execute(_retry_statement().where(J.id == job_id))
+        uow.session.execute(_retry_statement().where(J.id == job_id, J.state.in_(RETRYABLE)))
         wake_workers(uow)
     return get_job(db, scope, job_id)
 
@@ -136,7 +138,9 @@ def retry_dead(db: Database, scope: Scope) -> int:
 def cancel_job(db: Database, scope: Scope, job_id: int) -> JobOut:
     """Cancel a pending job now; a running one gets the cooperative cancellation flag."""
     with db.unit_of_work() as uow:
-        job = _scoped_job(uow.session, scope, job_id)
+        # Locked: a worker's claim between this read and the write below would
+        # otherwise leave a running job uncancelled and its batch counting it so.
+        job = _scoped_job(uow.session, scope, job_id, lock=True)
         if job.state in CANCELLABLE:
             now = utcnow()
             uow.session.execute(
@@ -148,7 +152,9 @@ def cancel_job(db: Database, scope: Scope, job_id: int) -> JobOut:
                 record_finished(uow.session, {job.batch_id: BatchCounts(cancelled=1)}, now)
         elif job.state == "running":
             uow.session.execute(
-                update(jobs_table).where(J.id == job_id).values(cancel_requested=True)
+                update(jobs_table)
+                .where(J.id == job_id, J.state == "running")
+                .values(cancel_requested=True)
             )
         else:
             raise JobStateConflict(f"job {job_id} already finished ({job.state})")
