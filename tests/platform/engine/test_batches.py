@@ -5,9 +5,17 @@ from __future__ import annotations
 import threading
 import uuid
 
-from opsline.db import Database
+from opsline.db import Database, utcnow
+from opsline.platform.engine._engines import hot_engine
 from opsline.platform.engine._store import ClaimedJob, Outcome, Store
-from opsline.platform.engine.batches import cancel_batch, create_batch, get_batch, progress
+from opsline.platform.engine.batches import (
+    BatchCounts,
+    cancel_batch,
+    create_batch,
+    get_batch,
+    progress,
+    record_finished,
+)
 from opsline.platform.engine.enqueue import JobSpec
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
@@ -83,6 +91,36 @@ def test_cancel_batch_cancels_pending_jobs_and_completes(db: Database) -> None:
         True,
         True,
     )
+
+
+def test_finishing_jobs_of_two_batches_locks_them_in_one_order(db: Database) -> None:
+    """Two transactions finishing jobs of the same two batches, the counts given in
+    opposite orders: the second waits for the first instead of deadlocking."""
+    tenant = uuid.uuid4()
+    low, high = sorted(_create(db, [JobSpec("tests.noop", tenant_id=tenant)], tenant) for _ in "ab")
+    now = utcnow()
+    failures: list[BaseException] = []
+
+    def finish_high_first() -> None:
+        try:
+            with db.unit_of_work() as uow:
+                record_finished(
+                    uow.session, {high: BatchCounts(succeeded=1), low: BatchCounts(failed=1)}, now
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    with hot_engine(db).begin() as first:
+        record_finished(first, {low: BatchCounts(failed=1)}, now)  # holds the low row
+        second = threading.Thread(target=finish_high_first)
+        second.start()
+        second.join(0.5)  # meanwhile waiting for the low row, holding nothing else
+        record_finished(first, {high: BatchCounts(succeeded=1)}, now)
+    second.join()
+    assert failures == []
+    for batch_id in (low, high):
+        batch = _batch(db, batch_id, tenant)
+        assert batch.succeeded + batch.failed == 2  # counted by both, one job's worth each
 
 
 def test_empty_batch_completes_at_once(db: Database) -> None:

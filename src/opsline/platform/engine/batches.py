@@ -98,9 +98,11 @@ def record_finished(
     """Add final-state counts to batches; enqueue callbacks of batches this completes.
 
     Must run in the transaction that moved the jobs to their final state.
-    Returns the ids of batches completed by this call.
+    Returns the ids of batches completed by this call. Batch rows are updated in
+    id order, so that transactions finishing jobs of the same batches (two
+    workers' acks, a rescue, a cancel) wait for each other instead of deadlocking.
     """
-    for batch_id, c in counts.items():
+    for batch_id, c in sorted(counts.items()):
         executor.execute(
             update(batches_table)
             .where(B.id == batch_id)
@@ -111,7 +113,7 @@ def record_finished(
             )
         )
     finished = []
-    for batch_id in [*counts, *force]:
+    for batch_id in sorted({*counts, *force}):
         row = executor.execute(
             update(batches_table)
             .where(
