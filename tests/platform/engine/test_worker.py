@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.engine import Engine
 
@@ -142,6 +143,38 @@ def test_a_cycle_claims_every_share_at_once_and_gives_drained_slots_away(db: Dat
     assert [job.queue for job in claimed] == ["high", "high", "low", "high", "high", "high"]
     # PostgreSQL: the three shares in one statement, then the spare slots; SQLite per queue.
     assert len(claims) == (2 if db.dialect == "postgresql" else 0)
+
+
+@pytest.mark.parametrize("fair", [True, False], ids=["due now", "delayed"])
+def test_a_unique_job_finishing_while_its_key_is_enqueued_again_frees_the_key(
+    db: Database, fair: bool
+) -> None:
+    """PostgreSQL: the pending job that made the insert skip finishes before the
+    look-up of it; the key is free, so the job is queued after all."""
+    if db.is_sqlite:
+        pytest.skip("one writer at a time on SQLite: nothing finishes in between")
+    order = uuid.uuid4()
+    first = sample_jobs.unique_job.enqueue(db, order_id=order)
+    finished: list[int] = []
+
+    def finish_first(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if (
+            not finished
+            and statement.lstrip().startswith("SELECT jobs.id")
+            and "unique_key" in statement
+        ):
+            with db.engine.begin() as other:  # a worker acks it meanwhile
+                other.execute(update(jobs_table).where(J.id == first).values(state="succeeded"))
+            finished.append(first)
+
+    event.listen(Engine, "before_cursor_execute", finish_first)
+    try:
+        delay = None if fair else 60
+        second = sample_jobs.unique_job.enqueue(db, order_id=order, delay=delay)
+    finally:
+        event.remove(Engine, "before_cursor_execute", finish_first)
+    assert finished == [first] and second != first
+    assert job_row(db, second).state == ("available" if fair else "scheduled")
 
 
 def test_many_threads_enqueueing_one_unique_key_make_one_job(db: Database) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -260,13 +260,8 @@ def _fair(dialect: str, row: dict[str, Any], *, returning: bool) -> tuple[Any, d
 
 
 def _insert_fair(executor: Executor, row: dict[str, Any]) -> int:
-    inserted = executor.execute(
-        *_fair(_dialect(executor), row, returning=True)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        return int(inserted)
-    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
-    return int(existing)
+    statement = _fair(_dialect(executor), row, returning=True)
+    return _inserted_or_pending(executor, row, lambda: executor.execute(*statement))
 
 
 def _dialect(executor: Executor) -> str:
@@ -293,11 +288,32 @@ _PENDING_BY_KEY = select(J.id).where(
 
 
 def _insert_unique(executor: Executor, row: dict[str, Any]) -> int:
-    inserted = executor.execute(_INSERT_UNIQUE[_dialect(executor)], row).scalar_one_or_none()
-    if inserted is not None:
-        return int(inserted)
-    existing = executor.execute(_PENDING_BY_KEY, {"unique_key": row["unique_key"]}).scalar_one()
-    return int(existing)
+    statement = _INSERT_UNIQUE[_dialect(executor)]
+    return _inserted_or_pending(executor, row, lambda: executor.execute(statement, row))
+
+
+_UNIQUE_TRIES = 5
+
+
+def _inserted_or_pending(executor: Executor, row: dict[str, Any], insert: Callable[[], Any]) -> int:
+    """The new job's id, or for a unique key already pending that job's id.
+
+    On PostgreSQL the pending job can finish between the insert that met its key
+    and the look-up (each statement sees what was committed when it began): the
+    key is then free, and the insert is tried again.
+    """
+    for _ in range(_UNIQUE_TRIES):
+        inserted = insert().scalar_one_or_none()
+        if inserted is not None:
+            return int(inserted)
+        pending = executor.execute(
+            _PENDING_BY_KEY, {"unique_key": row["unique_key"]}
+        ).scalar_one_or_none()
+        if pending is not None:
+            return int(pending)
+    raise RuntimeError(
+        f"unique job key {row['unique_key']!r} was taken and freed {_UNIQUE_TRIES} times over"
+    )
 
 
 def _after_enqueue(uow: UnitOfWork, rows: Sequence[dict[str, Any]]) -> None:
