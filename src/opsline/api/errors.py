@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,20 +64,58 @@ async def _on_http(request: Request, exc: Exception) -> Response:
 
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    raw = exc.errors()
     errors = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        for e in raw
     ]
-    fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
     slug, title = _TITLES[422]
     body = {
         "type": PROBLEM_BASE + slug,
         "title": title,
         "status": 422,
-        "detail": f"fix these fields: {fields}" if fields else "the request is not valid",
+        "detail": _validation_detail(request, raw),
         "errors": errors,
     }
     return problem_response(request, 422, body["detail"], body=body)  # type: ignore[arg-type]
+
+
+_SEND_JSON = "send it as JSON with Content-Type: application/json"
+
+
+def _validation_detail(request: Request, raw: Sequence[Any]) -> str:
+    """What to fix: the body as a whole when it is missing, not JSON, or not
+    sent as JSON (FastAPI reports those as errors of a field named ``body``),
+    then up to five of the other fields by their location."""
+    invalid_json = next((e for e in raw if e.get("type") == "json_invalid"), None)
+    if invalid_json is not None:
+        # FastAPI puts the decoder's character offset where a field name would be.
+        at = invalid_json["loc"][-1]
+        reason = invalid_json.get("ctx", {}).get("error") or invalid_json.get("msg", "")
+        return f"the body is not valid JSON (at character {at}): {reason}"
+    parts: list[str] = []
+    fields: list[str] = []
+    for error in raw:
+        loc = tuple(error.get("loc", ()))
+        whole = _whole_body_detail(request, error) if loc == ("body",) else None
+        if whole:
+            parts.append(whole)
+        else:
+            fields.append(".".join(str(p) for p in loc))
+    if fields:
+        parts.append("fix these fields: " + ", ".join(fields[:5]))
+    return "; ".join(parts) or "the request is not valid"
+
+
+def _whole_body_detail(request: Request, error: Any) -> str | None:
+    if error.get("type") == "missing":
+        return f"the body is required: {_SEND_JSON}"
+    if isinstance(error.get("input"), bytes):
+        # FastAPI decodes JSON only under a JSON content type (or none) and
+        # hands any other body over as bytes: curl's -d alone sends a form.
+        sent = request.headers.get("content-type", "").partition(";")[0].strip()[:100]
+        return f"the body was sent as {sent}, not JSON: {_SEND_JSON}"
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
