@@ -10,13 +10,13 @@ import uuid
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from opsline.db import utcnow
 from opsline.platform.context import Context, system_principal
 from opsline.platform.engine.scheduler import Scheduler, periodic_jobs
 from opsline.platform.idempotency.models import IdempotencyKey
-from opsline.platform.idempotency.service import run_idempotent
+from opsline.platform.idempotency.service import purge_expired, run_idempotent
 from opsline.platform.runtime import Runtime
 from tests.helpers import signup
 from tests.platform.engine.helpers import job_row, running_worker, wait_until
@@ -71,3 +71,30 @@ def test_the_purge_removes_expired_keys_and_keeps_live_ones(
     assert _keys(runtime) == {(a.tenant_id, "live"), (b.tenant_id, "old")}
     # The kept keys still replay their first response.
     assert not _claim(a, "live") and not _claim(b, "old")
+
+
+def test_the_purge_deletes_in_chunks_until_none_is_left(
+    runtime: Runtime, app_client: TestClient
+) -> None:
+    ctx = Context(runtime.db, runtime.settings, system_principal(signup(app_client).tenant_id))
+    for n in range(7):
+        assert _claim(ctx, f"old-{n}")
+    assert _claim(ctx, "live")
+    with runtime.db.unit_of_work() as uow:
+        uow.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key.startswith("old-"))
+            .values(expires_at=utcnow() - timedelta(minutes=1))
+        )
+    units: list[object] = []
+
+    def committed(conn: object) -> None:
+        units.append(conn)
+
+    event.listen(runtime.db.engine, "commit", committed)
+    try:
+        assert purge_expired(runtime.db, chunk=3) == 7
+    finally:
+        event.remove(runtime.db.engine, "commit", committed)
+    assert len(units) == 3  # 3 + 3 + 1: the last chunk short of 3 ends it
+    assert _keys(runtime) == {(ctx.tenant_id, "live")}
