@@ -19,6 +19,7 @@ from opsline.platform.realtime import (
     RedisPubSub,
     create_pubsub,
 )
+from opsline.platform.realtime._listener import BACKLOG
 from opsline.platform.realtime.pubsub import PG_PAYLOAD_LIMIT, notify_payloads, spliced_payload
 from opsline.settings import Settings
 
@@ -75,6 +76,34 @@ def test_publish_many_delivers_every_message_in_order(pubsub: PubSub) -> None:
         {"seq": 3, "channel": mine},
     ]
     assert extra is None
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_subscriber_that_stops_reading_keeps_only_the_newest_messages(kind: str) -> None:
+    """Messages are hints to re-read: a stalled stream holds BACKLOG of them, not
+    every message of its tenant. (Redis bounds its own subscriber buffers.)"""
+    if kind == "memory":
+        bus: PubSub = InProcessPubSub()
+    else:
+        url = os.environ.get("OPSLINE_TEST_DATABASE_URL")
+        if not url:
+            pytest.skip("PostgreSQL suite skipped: OPSLINE_TEST_DATABASE_URL is not set")
+        bus = PostgresPubSub(url)
+    channel = f"tenant:{uuid.uuid4()}"
+    subscription: Any = bus.subscribe(channel)
+    try:
+        bus.publish_many([(channel, {"seq": n}) for n in range(BACKLOG + 50)])
+        deadline = time.monotonic() + 10
+        while subscription.queue.dropped < 50:  # every message delivered by now
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        received = []
+        while (message := subscription.get(timeout=0.2)) is not None:
+            received.append(message["seq"])
+    finally:
+        subscription.close()
+        bus.close()
+    assert received == list(range(50, BACKLOG + 50))
 
 
 def test_a_spliced_payload_is_the_payload_with_the_value_put_in() -> None:

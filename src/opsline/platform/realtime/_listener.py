@@ -14,8 +14,8 @@ is best effort): readers re-read the state they follow.
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from typing import Any
 
 import orjson
@@ -31,7 +31,36 @@ WAKE_SECONDS = 0.5
 READY_SECONDS = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
-Target = queue.SimpleQueue[dict[str, Any]]
+# How many messages a subscriber that does not read keeps (the newest): they are
+# hints to re-read state, so older ones can go, and a stalled stream (a client
+# that stopped reading) holds a bounded backlog, not every message of its tenant.
+BACKLOG = 256
+
+
+class Mailbox:
+    """A subscriber's messages, at most ``size`` of them, the oldest dropped first."""
+
+    def __init__(self, size: int = BACKLOG) -> None:
+        self._items: deque[dict[str, Any]] = deque(maxlen=size)
+        self._ready = threading.Condition()
+        self.dropped = 0
+
+    def put(self, message: dict[str, Any]) -> None:
+        with self._ready:
+            if len(self._items) == self._items.maxlen:
+                self.dropped += 1
+            self._items.append(message)
+            self._ready.notify()
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The oldest message kept, or None after ``timeout`` seconds."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: bool(self._items), timeout):
+                return None
+            return self._items.popleft()
+
+
+Target = Mailbox
 
 
 class Listener:

@@ -13,7 +13,6 @@ its subscribers share one ``LISTEN`` connection per pub/sub, see ``_listener``).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import defaultdict
@@ -24,7 +23,7 @@ import orjson
 import structlog
 
 from opsline.platform import loop
-from opsline.platform.realtime._listener import Listener
+from opsline.platform.realtime._listener import Listener, Mailbox
 from opsline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -56,14 +55,11 @@ class PubSub(Protocol):
 
 class _QueueSubscription:
     def __init__(self, unsubscribe: Any) -> None:
-        self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.queue = Mailbox()  # bounded: a subscriber that stops reading keeps the newest
         self._unsubscribe = unsubscribe
 
     def get(self, timeout: float | None = None) -> Message | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self.queue.get(timeout)
 
     def close(self) -> None:
         self._unsubscribe(self)
