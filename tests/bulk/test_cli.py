@@ -9,7 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from opsline.cli.main import app
+from opsline.platform.clitools import console
+from opsline.platform.tenancy import service as tenancy
 from tests.bulk.conftest import Desk
+from tests.helpers import signup
 
 
 def test_preview_run_list_and_undo(cli: CliRunner, desk: Desk, worker: Any) -> None:
@@ -45,8 +48,12 @@ def test_status_and_cancel(cli: CliRunner, desk: Desk) -> None:
     assert cancelled.exit_code == 0 and f"run {run['id']}: cancelled" in cancelled.output
     listed = cli.invoke(app, ["bulk", "list", "--tenant", tenant, "--status", "cancelled"])
     assert run["id"] in listed.output
-    other = cli.invoke(app, ["bulk", "status", "--tenant", str(uuid.uuid4()), run["id"]])
+    stranger = signup(desk.client, tenant="Other").tenant_id
+    other = cli.invoke(app, ["bulk", "status", "--tenant", str(stranger), run["id"]])
     assert other.exit_code == 1 and "no bulk run" in other.output
+    nobody = str(uuid.uuid4())
+    unknown = cli.invoke(app, ["bulk", "status", "--tenant", nobody, run["id"]])
+    assert unknown.exit_code == 1 and f"tenant {nobody} not found" in unknown.output
 
 
 @pytest.mark.parametrize(
@@ -66,3 +73,32 @@ def test_bad_options_are_messages_not_tracebacks(
     got = cli.invoke(app, ["bulk", "preview", "--tenant", tenant, "products", "update", *options])
     assert got.exit_code in (1, 2), got.output
     assert got.exception is None or isinstance(got.exception, SystemExit), got.exception
+
+
+def test_a_tenant_given_by_slug_works_as_by_id(cli: CliRunner, desk: Desk) -> None:
+    ids = desk.seed(2)
+    slug = tenancy.get_tenant(desk.runtime.db, desk.owner.tenant_id).slug
+    run = desk.run({"resource": "products", "action": "archive", "ids": ids})
+    by_slug = cli.invoke(app, ["bulk", "list", "--tenant", slug])
+    by_id = cli.invoke(app, ["bulk", "list", "--tenant", str(desk.owner.tenant_id)])
+    assert by_slug.exit_code == 0, by_slug.output
+    assert by_slug.output == by_id.output and run["id"] in by_slug.output
+    seen = cli.invoke(app, ["bulk", "preview", "--tenant", slug, "products", "archive"])
+    assert seen.exit_code == 0 and "2 records" in seen.output
+    unknown = cli.invoke(app, ["bulk", "list", "--tenant", "no-such-shop"])
+    assert unknown.exit_code == 1 and "tenant no-such-shop not found" in unknown.output
+
+
+def test_run_and_record_ids_print_whole_in_an_80_column_terminal(
+    cli: CliRunner, desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = desk.seed(2, name="A product name long enough to need folding")
+    run = desk.run({"resource": "products", "action": "archive", "ids": ids})
+    monkeypatch.setattr(console, "width", 80)  # Rich reads COLUMNS once, at import
+    tenant = ["--tenant", str(desk.owner.tenant_id)]
+    listed = cli.invoke(app, ["bulk", "list", *tenant])
+    seen = cli.invoke(app, ["bulk", "preview", *tenant, "products", "update", "--set", "name=x"])
+    for output, wanted in ((listed.output, run["id"]), (seen.output, ids[0])):
+        assert f"│ {wanted} │" in output, output
+        assert "…" not in output
+        assert max(len(line) for line in output.splitlines()) <= 80

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from opsline import __version__
 from opsline.cli import app
+from opsline.platform.clitools import console
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -65,9 +66,10 @@ def test_tenant_user_and_api_key_lifecycle(cli: CliRunner) -> None:
 
 
 def test_errors_exit_non_zero_with_a_message(cli: CliRunner) -> None:
-    missing = cli.invoke(app, ["users", "list", "--tenant", "00000000-0000-0000-0000-000000000000"])
+    nobody = "00000000-0000-0000-0000-000000000000"
+    missing = cli.invoke(app, ["users", "list", "--tenant", nobody])
     assert missing.exit_code == 1
-    assert "tenant not found" in missing.output
+    assert f"tenant {nobody} not found" in missing.output
 
     short = cli.invoke(
         app,
@@ -135,3 +137,73 @@ def test_emails_are_checked_as_the_api_checks_them(cli: CliRunner) -> None:
     refused = cli.invoke(app, ["users", "create", "nobody", *joined])
     assert refused.exit_code == 2 and "Invalid value" in refused.output
     assert cli.invoke(app, ["users", "create", "member@acme.example", *joined]).exit_code == 0
+
+
+def _demo_slug_and_id(cli: CliRunner) -> tuple[str, str]:
+    shown = cli.invoke(app, ["demo"])
+    assert shown.exit_code == 0, shown.output
+    found = re.search(rf"slug (\S+), id ({UUID})", shown.output)
+    assert found, shown.output
+    return found.group(1), found.group(2)
+
+
+def test_demo_prints_the_tenant_slug_and_id_every_time(cli: CliRunner) -> None:
+    slug, tenant_id = _demo_slug_and_id(cli)
+    assert (slug, tenant_id) == _demo_slug_and_id(cli)  # "exists" says it again
+    listed = cli.invoke(app, ["tenants", "list"])
+    assert re.search(rf"{tenant_id} .*Demo Shop.* {slug} ", listed.output), listed.output
+
+
+def test_a_tenant_given_by_slug_works_as_by_id(cli: CliRunner) -> None:
+    slug, tenant_id = _demo_slug_and_id(cli)
+    joined = ["--tenant", slug, "--role", "viewer", "--password", "another-long-one"]
+    user = cli.invoke(app, ["users", "create", "clerk@demo.example", *joined])
+    assert user.exit_code == 0, user.output
+    by_slug = cli.invoke(app, ["users", "list", "--tenant", slug])
+    by_id = cli.invoke(app, ["users", "list", "--tenant", tenant_id])
+    assert by_slug.exit_code == 0, by_slug.output
+    assert by_slug.output == by_id.output
+    assert "clerk@demo.example" in by_slug.output
+    key = cli.invoke(app, ["apikeys", "create", "--tenant", slug, "--name", "ci"])
+    assert key.exit_code == 0, key.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["users", "list"],
+        ["users", "create", "new@demo.example", "--password", "a-long-password"],
+        ["apikeys", "create", "--name", "ci"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_an_unknown_slug_exits_1_naming_it(cli: CliRunner, command: list[str]) -> None:
+    _demo_slug_and_id(cli)
+    result = cli.invoke(app, [*command, "--tenant", "no-such-shop"])
+    assert result.exit_code == 1, result.output
+    assert "tenant no-such-shop not found" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_tenant_with_control_characters_is_a_usage_error(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["users", "list", "--tenant", "demo\x00"])
+    assert result.exit_code == 2
+    assert "control characters" in result.output
+
+
+@pytest.fixture
+def narrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Print as in an 80-column terminal (Rich reads COLUMNS once, at import)."""
+    monkeypatch.setattr(console, "width", 80)
+
+
+def test_ids_print_whole_in_an_80_column_terminal(cli: CliRunner, narrow: None) -> None:
+    _, tenant_id = _demo_slug_and_id(cli)
+    tenants = cli.invoke(app, ["tenants", "list"])
+    members = cli.invoke(app, ["users", "list", "--tenant", tenant_id])
+    for listed in (tenants, members):
+        assert listed.exit_code == 0, listed.output
+        assert re.search(rf"│ {UUID} │", listed.output), listed.output
+        assert "…" not in listed.output
+        assert max(len(line) for line in listed.output.splitlines()) <= 80
+    assert tenant_id in tenants.output

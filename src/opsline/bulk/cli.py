@@ -12,17 +12,24 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from opsline.bulk import service
 from opsline.bulk.schemas import FINAL_STATUSES, BulkRequest, Condition, RunOut
-from opsline.platform.clitools import cli_runtime, console, fail, plain
+from opsline.platform.clitools import (
+    TenantOption,
+    cli_runtime,
+    console,
+    fail,
+    id_column,
+    plain,
+    resolve_tenant,
+    table,
+)
 from opsline.platform.context import Context, system_principal
 
 bulk_app = typer.Typer(
     help="Bulk actions: preview, run, follow, cancel, undo.", no_args_is_help=True
 )
-TenantOption = Annotated[uuid.UUID, typer.Option(help="Tenant id.")]
 WhereOption = Annotated[
     list[str] | None, typer.Option("--where", help="field:op:json-value, e.g. stock:lt:5")
 ]
@@ -34,8 +41,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bulk_app, name="bulk")
 
 
-def _ctx(runtime: Any, tenant: uuid.UUID) -> Context:
-    return Context(runtime.db, runtime.settings, system_principal(tenant))
+def _ctx(runtime: Any, tenant: str) -> Context:
+    """The tenant's operator; an unknown tenant (id or slug) exits 1 naming it."""
+    tenant_id = resolve_tenant(runtime.db, tenant)
+    return Context(runtime.db, runtime.settings, system_principal(tenant_id))
 
 
 def _value(raw: str) -> Any:
@@ -105,10 +114,10 @@ def preview(
     with cli_runtime() as runtime:
         out = service.preview(_ctx(runtime, tenant), body)
     console.print(f"[bold]{out.count}[/] records; destructive={out.destructive}")
-    table = Table("id", "before", "after")
+    sample = table(id_column(), "before", "after")
     for s in out.sample:
-        table.add_row(str(s.id), plain(json.dumps(s.before)), plain(json.dumps(s.after)))
-    console.print(table)
+        sample.add_row(str(s.id), plain(json.dumps(s.before)), plain(json.dumps(s.after)))
+    console.print(sample)
     for warning in out.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
@@ -197,9 +206,11 @@ def list_runs(
     """The newest runs of a tenant (the audit log)."""
     with cli_runtime() as runtime:
         page = service.list_runs(_ctx(runtime, tenant), cursor=None, limit=limit, status=status_)
-    table = Table("id", "kind", "status", "resource", "action", "done", "failed", "by", "created")
+    runs = table(
+        id_column(), "kind", "status", "resource", "action", "done", "failed", "by", "created"
+    )
     for r in page.items:
-        table.add_row(
+        runs.add_row(
             str(r.id),
             r.kind,
             r.status,
@@ -210,4 +221,4 @@ def list_runs(
             plain(r.actor),
             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
-    console.print(table)
+    console.print(runs)

@@ -11,7 +11,18 @@ from rich.table import Table
 
 from opsline.platform.auth import service as auth
 from opsline.platform.auth.roles import Role, all_permissions
-from opsline.platform.clitools import cli_runtime, console, email_address, fail, one_line, plain
+from opsline.platform.clitools import (
+    TenantOption,
+    cli_runtime,
+    console,
+    email_address,
+    fail,
+    id_column,
+    one_line,
+    plain,
+    resolve_tenant,
+    table,
+)
 from opsline.platform.tenancy import service as tenancy
 from opsline.platform.tenancy.demo import load_demo
 from opsline.settings import SettingsError, load_settings
@@ -98,6 +109,8 @@ def demo() -> None:
         console.print(
             f"Demo tenant [bold]{escape(tenant.name)}[/] exists (owner {escape(user.email)})."
         )
+    # --tenant takes either; soft_wrap: the id is never broken across lines.
+    console.print(f"  tenant slug {escape(tenant.slug)}, id {tenant.id}", soft_wrap=True)
 
 
 def roles() -> None:
@@ -138,57 +151,62 @@ def tenants_list() -> None:
     """List tenants with their member counts."""
     with cli_runtime() as runtime:
         rows = tenancy.list_tenants(runtime.db)
-    table = Table("id", "name", "slug", "members", "created")
+    listing = table(id_column(), "name", "slug", "members", "created")
     for tenant, members in rows:
-        table.add_row(
+        listing.add_row(
             str(tenant.id),
             plain(tenant.name),
             plain(tenant.slug),
             str(members),
             f"{tenant.created_at:%Y-%m-%d %H:%M}",
         )
-    console.print(table)
+    console.print(listing)
 
 
 @users_app.command("create")
 def users_create(
     email: Annotated[str, typer.Argument(help="Email of the new user.", callback=email_address)],
-    tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id to join.")],
+    tenant: TenantOption,
     role: RoleOption = Role.MEMBER,
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Password.")] = "",
 ) -> None:
     """Create a user and add them to a tenant."""
     with cli_runtime() as runtime:
         _check_password(password)
-        tenancy.get_tenant(runtime.db, tenant)
+        tenant_id = resolve_tenant(runtime.db, tenant)
         with runtime.db.unit_of_work() as uow:
             user = auth.create_user(uow, email=email, password=password)
-            tenancy.add_member(uow, tenant_id=tenant, user_id=user.id, role=role)
+            tenancy.add_member(uow, tenant_id=tenant_id, user_id=user.id, role=role)
     console.print(f"user {escape(user.email)} {user.id} created as {role.value}")
 
 
 @users_app.command("list")
-def users_list(tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")]) -> None:
+def users_list(tenant: TenantOption) -> None:
     """List the members of a tenant."""
     with cli_runtime() as runtime:
-        tenancy.get_tenant(runtime.db, tenant)
-        members = tenancy.list_members(runtime.db, tenant).items
-    table = Table("user id", "email", "role", "joined")
+        members = tenancy.list_members(runtime.db, resolve_tenant(runtime.db, tenant)).items
+    listing = table(id_column("user id"), "email", "role", "joined")
     for m in members:
-        table.add_row(str(m.user_id), plain(m.email), m.role.value, f"{m.joined_at:%Y-%m-%d %H:%M}")
-    console.print(table)
+        listing.add_row(
+            str(m.user_id), plain(m.email), m.role.value, f"{m.joined_at:%Y-%m-%d %H:%M}"
+        )
+    console.print(listing)
 
 
 @apikeys_app.command("create")
 def apikeys_create(
-    tenant: Annotated[uuid.UUID, typer.Option(help="Tenant id.")],
+    tenant: TenantOption,
     name: Annotated[str, typer.Option(help="What the key is for.", callback=one_line)],
     role: RoleOption = Role.MEMBER,
 ) -> None:
     """Create an API key; the secret is printed once."""
     with cli_runtime() as runtime:
         key, secret = auth.create_api_key(
-            runtime.db, tenant_id=tenant, name=name, role=role, created_by=None
+            runtime.db,
+            tenant_id=resolve_tenant(runtime.db, tenant),
+            name=name,
+            role=role,
+            created_by=None,
         )
     console.print(f"API key {key.id} ({role.value}) created. Store it now, it is not shown again:")
     console.print(secret, highlight=False, soft_wrap=True)

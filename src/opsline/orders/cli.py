@@ -14,14 +14,20 @@ from rich.table import Table
 from opsline.orders import service
 from opsline.orders._state import OrderStatus
 from opsline.orders.schemas import CancelIn, ProductIn, StockAdjustmentIn
-from opsline.platform.clitools import cli_runtime, console, fail, plain
+from opsline.platform.clitools import (
+    TenantOption,
+    cli_runtime,
+    console,
+    id_column,
+    plain,
+    resolve_tenant,
+    table,
+)
 from opsline.platform.context import Context, system_principal
-from opsline.platform.http.problems import NotFound
-from opsline.platform.tenancy import service as tenancy
+from opsline.platform.runtime import Runtime
 
 orders_app = typer.Typer(help="List, show and cancel orders.", no_args_is_help=True)
 products_app = typer.Typer(help="Create and list products; adjust stock.", no_args_is_help=True)
-TenantOption = Annotated[uuid.UUID, typer.Option(help="Tenant id.")]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -30,17 +36,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(products_app, name="products")
 
 
-def _ctx(runtime: object, tenant: uuid.UUID) -> Context:
-    """The system acting in ``tenant``; an unknown tenant exits 1 naming it (else a
-    create fails on the foreign key, and a list shows nothing as if all were fine)."""
-    from opsline.platform.runtime import Runtime
-
-    assert isinstance(runtime, Runtime)
-    try:
-        tenancy.get_tenant(runtime.db, tenant)
-    except NotFound:
-        raise fail(f"tenant {tenant} not found") from None
-    return Context(runtime.db, runtime.settings, system_principal(tenant))
+def _ctx(runtime: Runtime, tenant: str) -> Context:
+    """The system acting in ``tenant`` (an id or a slug); an unknown tenant exits 1
+    naming it (else a create fails on the foreign key, and a list shows nothing as if
+    all were fine)."""
+    tenant_id = resolve_tenant(runtime.db, tenant)
+    return Context(runtime.db, runtime.settings, system_principal(tenant_id))
 
 
 @orders_app.command("list")
@@ -52,16 +53,16 @@ def orders_list(
     """The newest orders of a tenant."""
     with cli_runtime() as runtime:
         page = service.list_orders(_ctx(runtime, tenant), cursor=None, limit=limit, status=status)
-    table = Table("id", "status", "total", "created by", "created")
+    rows = table(id_column(), "status", "total", "created by", "created")
     for order in page.items:
-        table.add_row(
+        rows.add_row(
             str(order.id),
             order.status.value,
             plain(f"{order.total:.2f} {order.currency}"),
             plain(order.created_by),
             f"{order.created_at:%Y-%m-%d %H:%M:%S}",
         )
-    console.print(table)
+    console.print(rows)
 
 
 @orders_app.command("show")
@@ -73,16 +74,16 @@ def orders_show(order_id: uuid.UUID, tenant: TenantOption) -> None:
         f"order {order.id}  [bold]{order.status.value}[/]  "
         f"{order.total:.2f} {escape(order.currency)}"
     )
-    table = Table("sku", "name", "qty", "unit", "total")
+    lines = Table("sku", "name", "qty", "unit", "total")
     for line in order.lines:
-        table.add_row(
+        lines.add_row(
             plain(line.sku),
             plain(line.name),
             str(line.quantity),
             f"{line.unit_price:.2f}",
             f"{line.line_total:.2f}",
         )
-    console.print(table)
+    console.print(lines)
 
 
 @orders_app.command("cancel")
@@ -144,16 +145,16 @@ def products_list(
     """The products of a tenant."""
     with cli_runtime() as runtime:
         page = service.list_products(_ctx(runtime, tenant), cursor=None, limit=limit)
-    table = Table("id", "sku", "name", "price", "stock")
+    rows = table(id_column(), "sku", "name", "price", "stock")
     for p in page.items:
-        table.add_row(
+        rows.add_row(
             str(p.id),
             plain(p.sku),
             plain(p.name),
             plain(f"{p.price:.2f} {p.currency}"),
             str(p.stock),
         )
-    console.print(table)
+    console.print(rows)
 
 
 @products_app.command("adjust-stock")

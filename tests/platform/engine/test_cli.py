@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 
 from opsline.cli import app
 from opsline.db import Database
+from opsline.platform.clitools import console
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.models import jobs_table
 from opsline.platform.engine.processes import settings_env
+from opsline.platform.tenancy.models import Tenant
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
 from tests.platform.engine.helpers import job_row, wait_until
@@ -93,6 +95,65 @@ def test_events_list_and_replay(cli: CliRunner, db: Database) -> None:
     assert replayed.exit_code == 0 and "1 events replayed" in replayed.output
     unknown = cli.invoke(app, ["events", "replay", "--listener", "nope", "--since", "1h"])
     assert unknown.exit_code == 1
+
+
+def _tenant(db: Database, slug: str) -> uuid.UUID:
+    tenant_id = uuid.uuid4()
+    with db.unit_of_work() as uow:
+        uow.session.add(Tenant(id=tenant_id, name=slug.title(), slug=slug))
+    return tenant_id
+
+
+def test_the_tenant_filter_takes_a_slug_as_an_id(cli: CliRunner, db: Database) -> None:
+    acme = _tenant(db, "acme-0a0b0c")
+    mine = sample_jobs.echo.enqueue(db, value=1, note="acme's", tenant_id=acme)
+    sample_jobs.echo.enqueue(db, value=2, note="nobody's")
+    by_slug = cli.invoke(app, ["jobs", "list", "--tenant", "acme-0a0b0c"])
+    by_id = cli.invoke(app, ["jobs", "list", "--tenant", str(acme)])
+    assert by_slug.exit_code == 0, by_slug.output
+    assert by_slug.output == by_id.output
+    assert str(acme) in by_slug.output and by_slug.output.count("tests.echo") == 1
+    shown = cli.invoke(app, ["jobs", "show", str(mine), "--tenant", "acme-0a0b0c"])
+    assert shown.exit_code == 0 and "acme's" in shown.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs", "list"],
+        ["jobs", "retry", "--all"],
+        ["jobs", "flush", "--dead"],
+        ["events", "list"],
+        ["events", "replay", "--listener", "when_order_approved_record", "--since", "1h"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+@pytest.mark.parametrize("unknown", ["no-such-shop", "00000000-0000-0000-0000-00000000beef"])
+def test_an_unknown_tenant_filter_exits_1_naming_it(
+    cli: CliRunner, db: Database, command: list[str], unknown: str
+) -> None:
+    dead = sample_jobs.echo.enqueue(db, value=1)
+    with db.unit_of_work() as uow:
+        uow.session.execute(update(jobs_table).where(J.id == dead).values(state="dead"))
+    result = cli.invoke(app, [*command, "--tenant", unknown])
+    assert result.exit_code == 1, result.output
+    assert f"tenant {unknown} not found" in result.output
+    assert job_row(db, dead).state == "dead"  # neither retried nor flushed everywhere
+
+
+def test_job_and_tenant_ids_print_whole_in_an_80_column_terminal(
+    cli: CliRunner, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acme = _tenant(db, "acme-0a0b0c")
+    sample_jobs.echo.enqueue(db, value=1, tenant_id=acme)
+    job_id = sample_jobs.echo.enqueue(db, value=2)
+    monkeypatch.setattr(console, "width", 80)  # Rich reads COLUMNS once, at import
+    listed = cli.invoke(app, ["jobs", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert f"│ {acme} │" in listed.output, listed.output
+    assert f"│ {job_id} " in listed.output
+    assert "…" not in listed.output
+    assert max(len(line) for line in listed.output.splitlines()) <= 80
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from opsline.db import BIGINT_MAX
-from opsline.platform.clitools import one_line
+from opsline.db import BIGINT_MAX, Database
+from opsline.platform.clitools import id_column, one_line, resolve_tenant, table
 from opsline.platform.engine import service
 from opsline.platform.engine.registry import QUEUES
 from opsline.platform.engine.schemas import JobOut
@@ -32,7 +32,13 @@ events_app = typer.Typer(help="Read and replay the event log.", no_args_is_help=
 
 JobIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The job's id.")]
 TenantOption = Annotated[
-    uuid.UUID | None, typer.Option("--tenant", help="Only this tenant (default: all).")
+    str | None,
+    typer.Option(
+        "--tenant",
+        metavar="TENANT",
+        help="Only this tenant, by id or slug (default: all).",
+        callback=one_line,
+    ),
 ]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -55,8 +61,14 @@ def parse_since(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _scope(tenant: uuid.UUID | None) -> Scope:
-    return Scope(tenant) if tenant else Scope.operator()
+def _tenant_id(db: Database, tenant: str | None) -> uuid.UUID | None:
+    """The id of the tenant given by id or slug, None for all; an unknown one exits 1."""
+    return None if tenant is None else resolve_tenant(db, tenant)
+
+
+def _scope(db: Database, tenant: str | None) -> Scope:
+    tenant_id = _tenant_id(db, tenant)
+    return Scope.operator() if tenant_id is None else Scope(tenant_id)
 
 
 def worker(
@@ -135,9 +147,19 @@ def scheduler() -> None:
 
 
 def _jobs_table(page: Page[JobOut]) -> Table:
-    table = Table("id", "name", "queue", "state", "attempt", "tenant", "run at", "last error")
+    # Job ids are integers; a column of jobs without a tenant ("-") stays narrow.
+    rows = table(
+        id_column(min_width=None),
+        "name",
+        "queue",
+        "state",
+        "attempt",
+        id_column("tenant", min_width=None),
+        "run at",
+        "last error",
+    )
     for job in page.items:
-        table.add_row(
+        rows.add_row(
             str(job.id),
             Text(job.name),
             Text(job.queue),
@@ -147,7 +169,7 @@ def _jobs_table(page: Page[JobOut]) -> Table:
             job.run_at.isoformat(timespec="seconds"),
             Text((job.last_error or "")[:60]),
         )
-    return table
+    return rows
 
 
 @jobs_app.command("list")
@@ -165,7 +187,7 @@ def list_jobs(
     with cli_runtime() as runtime:
         page = service.list_jobs(
             runtime.db,
-            _scope(tenant),
+            _scope(runtime.db, tenant),
             state=state,
             queue=queue,
             name=name,
@@ -191,7 +213,7 @@ def show(job_id: JobIdArgument, tenant: TenantOption = None) -> None:
     from opsline.platform.clitools import cli_runtime, console
 
     with cli_runtime() as runtime:
-        job = service.get_job(runtime.db, _scope(tenant), job_id)
+        job = service.get_job(runtime.db, _scope(runtime.db, tenant), job_id)
     console.print_json(job.model_dump_json(exclude={"errors"}))
     for error in job.errors:
         console.rule(f"attempt {error.attempt}: {escape(f'{error.error_type} ({error.worker})')}")
@@ -212,11 +234,12 @@ def retry(
     if (job_id is None) == (not all_dead):
         raise fail("give a job id or --all (not both)", 2)
     with cli_runtime() as runtime:
+        scope = _scope(runtime.db, tenant)
         if all_dead:
-            console.print(f"{service.retry_dead(runtime.db, _scope(tenant))} dead jobs retried")
+            console.print(f"{service.retry_dead(runtime.db, scope)} dead jobs retried")
         else:
             assert job_id is not None
-            job = service.retry_job(runtime.db, _scope(tenant), job_id)
+            job = service.retry_job(runtime.db, scope, job_id)
             console.print(f"job {job.id} is {job.state}")
 
 
@@ -226,7 +249,7 @@ def cancel(job_id: JobIdArgument, tenant: TenantOption = None) -> None:
     from opsline.platform.clitools import cli_runtime, console
 
     with cli_runtime() as runtime:
-        job = service.cancel_job(runtime.db, _scope(tenant), job_id)
+        job = service.cancel_job(runtime.db, _scope(runtime.db, tenant), job_id)
     note = " (cancellation requested)" if job.state == "running" else ""
     console.print(f"job {job.id} is {job.state}{note}")
 
@@ -246,7 +269,7 @@ def flush(
         raise fail("say what to flush: --dead", 2)
     age = parse_duration(older_than) if older_than else None
     with cli_runtime() as runtime:
-        count = service.flush_dead(runtime.db, _scope(tenant), older_than=age)
+        count = service.flush_dead(runtime.db, _scope(runtime.db, tenant), older_than=age)
     console.print(f"{count} dead jobs deleted")
 
 
@@ -263,21 +286,23 @@ def list_events(
     with cli_runtime() as runtime:
         page = service.list_events(
             runtime.db,
-            _scope(tenant),
+            _scope(runtime.db, tenant),
             type=event_type,
             since=parse_since(since) if since else None,
             limit=limit,
         )
-    table = Table("occurred at", "type", "v", "tenant", "id")
+    # Two ids do not fit whole beside the rest in 80 columns: the tenant, which
+    # --tenant takes, is kept whole; the event's own id folds onto a second line.
+    rows = table("occurred at", "type", "v", id_column("tenant", min_width=None), "id")
     for event in page.items:
-        table.add_row(
+        rows.add_row(
             event.occurred_at.isoformat(timespec="seconds"),
             Text(event.type),
             str(event.version),
             str(event.tenant_id or "-"),
             str(event.id),
         )
-    console.print(table)
+    console.print(rows)
 
 
 @events_app.command("replay")
@@ -294,14 +319,15 @@ def replay(
     from opsline.platform.engine.events import replay as replay_events
 
     with cli_runtime() as runtime:
+        tenant_id = _tenant_id(runtime.db, tenant)
         try:
             count = replay_events(
                 runtime.db,
                 listener_name=listener,
                 since=parse_since(since),
                 until=parse_since(until) if until else None,
-                tenant_id=tenant,
-                all_tenants=tenant is None,
+                tenant_id=tenant_id,
+                all_tenants=tenant_id is None,
             )
         except LookupError as exc:
             raise fail(str(exc)) from None
