@@ -48,7 +48,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (OPSLINE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (OPSLINE_PORT).")] = None,
 ) -> None:
-    """Serve the API, the dashboard and, embedded, the workers and the scheduler."""
+    """Serve the API and its live streams and, embedded, the workers and the scheduler."""
     import uvicorn
 
     from opsline.api import create_app
