@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -183,3 +184,38 @@ def test_worker_command_runs_jobs_and_stops_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_settings_env_reproduces_every_setting_in_a_child(
+    engine_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``spawn_workers`` hands its processes: settings made in code (tests, the
+    bench) reach them whole, not only the engine's own."""
+    chosen = engine_settings.model_copy(
+        update={
+            "sqlite_wal_autocheckpoint": 1234,
+            "payment_success_rate": 0.25,
+            "orders_redis_lock": False,
+            "embedded_workers": 0,
+            "job_queue_weights": {"high": 9, "default": 2, "low": 1},
+            "payment_gateway_token": SecretStr("tok-child"),
+            "previous_secret_keys": [SecretStr("old-key-" + "x" * 40)],
+        }
+    )
+    for name in list(os.environ):
+        if name.startswith("OPSLINE_"):
+            monkeypatch.delenv(name)
+    for key, value in settings_env(chosen).items():
+        monkeypatch.setenv(key, value)
+    child = Settings()
+
+    def plain(settings: Settings) -> dict[str, object]:
+        return {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for name, value in ((n, getattr(settings, n)) for n in Settings.model_fields)
+        } | {
+            "previous_secret_keys": [k.get_secret_value() for k in settings.previous_secret_keys],
+            "database_url": settings.sqlalchemy_url,
+        }
+
+    assert plain(child) == plain(chosen)

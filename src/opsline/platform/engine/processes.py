@@ -21,38 +21,35 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from pydantic import SecretStr
+
 from opsline.platform.engine.registry import QUEUES
 from opsline.settings import Settings
 
-_FORWARDED = (
-    "database_url",
-    "sqlite_synchronous",
-    "var_dir",
-    "redis_url",
-    "log_format",
-    "log_level",
-    "job_lease_seconds",
-    "job_poll_seconds",
-    "job_shutdown_grace_seconds",
-    "job_sqlite_watch_seconds",
-    "job_queue_weights",
-    "job_retention_days",
-    "secret_key",
-)
-
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``OPSLINE_*`` variables that reproduce ``settings`` in a child process."""
-    env: dict[str, str] = {"OPSLINE_DATABASE_URL": settings.sqlalchemy_url}
-    for name in _FORWARDED[1:]:
-        value = getattr(settings, name)
-        if value is None:
+    """The ``OPSLINE_*`` variables that reproduce ``settings`` in a child process:
+    the database, the data folder, and every setting that is not its default
+    (secrets unwrapped, lists and mappings as JSON, as pydantic-settings reads them)."""
+    env: dict[str, str] = {
+        "OPSLINE_DATABASE_URL": settings.sqlalchemy_url,
+        "OPSLINE_VAR_DIR": str(settings.var_dir),
+    }
+    for name in settings.model_dump(exclude_defaults=True):
+        if name in ("database_url", "var_dir"):
             continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
-        env[f"OPSLINE_{name.upper()}"] = text
+        env[f"OPSLINE_{name.upper()}"] = _env_text(getattr(settings, name))
     return env
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list | tuple):
+        return json.dumps([_env_text(v) if isinstance(v, SecretStr) else v for v in value])
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
 
 
 def run_worker(
