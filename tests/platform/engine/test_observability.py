@@ -7,14 +7,16 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from opsline.db import Database, utcnow
 from opsline.platform.engine._autovacuum import autovacuum_keeps_stats, warn_if_autovacuum_off
+from opsline.platform.engine.batches import create_batch
 from opsline.platform.engine.context import JobContext
+from opsline.platform.engine.enqueue import JobSpec
 from opsline.platform.engine.jobs import prune_finished_jobs
 from opsline.platform.engine.metrics import register_queue_collector
-from opsline.platform.engine.models import jobs_table
+from opsline.platform.engine.models import batches_table, jobs_table
 from opsline.platform.observability.logging import configure_logging
 from opsline.settings import Settings
 from tests.platform.engine import sample_jobs
@@ -69,8 +71,21 @@ def test_prune_deletes_old_finished_jobs_only(db: Database, engine_settings: Set
         db=db,
         settings=engine_settings,
     )
+    with db.unit_of_work() as uow:
+        batches = {
+            when: create_batch(uow, [], name=f"finished {when}") for when in ("long ago", "now")
+        }
+        running = create_batch(uow, [JobSpec("tests.noop")], name="still running")
+        uow.session.execute(
+            update(batches_table)
+            .where(batches_table.c.id == batches["long ago"])
+            .values(finished_at=long_ago)
+        )
     prune_finished_jobs(ctx)
-    assert states(db) == {"succeeded": 1, "dead": 1}
+    assert states(db) == {"succeeded": 1, "dead": 1, "available": 1}
+    with db.read() as session:
+        kept = set(session.execute(select(batches_table.c.id)).scalars())
+    assert kept == {batches["now"], running}
 
 
 @pytest.fixture
