@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,48 @@ def test_missing_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None
     assert Settings(var_dir=tmp_path / "var").secret == first
 
 
+def test_a_short_secret_key_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (
+        ("OPSLINE_SECRET_KEY", ""),
+        ("OPSLINE_SECRET_KEY", "a" * 31),
+        ("OPSLINE_PREVIOUS_SECRET_KEYS", '["' + "b" * 40 + '", "short"]'),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(SettingsError) as refused:
+                load_settings()
+        assert name in str(refused.value) and "at least 32 bytes" in str(refused.value)
+
+
+def test_an_empty_or_cut_key_file_stops_the_process(tmp_path: Path) -> None:
+    """An empty key would let anyone sign tokens: never used, whatever left it so."""
+    path = tmp_path / "var" / "secret_key"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    with pytest.raises(SettingsError) as refused:
+        Settings(var_dir=tmp_path / "var").secret  # noqa: B018
+    assert "secret_key" in str(refused.value) and "delete the file" in str(refused.value)
+
+
+def test_processes_starting_together_read_one_whole_key(tmp_path: Path) -> None:
+    script = (
+        "import sys; from pathlib import Path; from opsline.settings import Settings;"
+        " sys.stdout.write(Settings(var_dir=Path(sys.argv[1])).secret.decode())"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "var")], stdout=subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    keys = {start.communicate(timeout=60)[0] for start in starts}
+    assert all(start.returncode == 0 for start in starts)
+    assert len(keys) == 1 and len(keys.pop()) >= 48
+    assert [p.name for p in (tmp_path / "var").iterdir()] == ["secret_key"]
+
+
 def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPSLINE_PORT", "not-a-port")
     monkeypatch.setenv("OPSLINE_DATABASE_URL", "mysql://x")
@@ -44,7 +88,7 @@ def test_postgres_urls_use_psycopg3() -> None:
 
 
 def test_secret_is_not_in_the_settings_repr() -> None:
-    settings = Settings(secret_key="a-very-secret-value-1234567890")
+    settings = Settings(secret_key="a-very-secret-value-1234567890-abcdefgh")
     assert "a-very-secret-value" not in repr(settings)
     assert "a-very-secret-value" not in str(settings.model_dump())
 

@@ -7,9 +7,11 @@ required for the embedded default: the database is a SQLite file under
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -141,6 +143,20 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_secret(value.get_secret_value().encode())
+        return value
+
+    @field_validator("previous_secret_keys")
+    @classmethod
+    def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            _check_secret(key.get_secret_value().encode())
+        return value
+
     @field_validator(
         "rate_limit_api",
         "rate_limit_auth",
@@ -259,19 +275,56 @@ class Settings(BaseSettings):
         return [key.get_secret_value().encode() for key in self.previous_secret_keys]
 
 
+MIN_SECRET_BYTES = 32
+_GENERATE = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def _check_secret(value: bytes) -> None:
+    """A key signs access tokens and bulk confirmations: a short one can be guessed."""
+    if len(value) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"a secret key must be at least {MIN_SECRET_BYTES} bytes, not {len(value)};"
+            f" make one with {_GENERATE}"
+        )
+
+
 def _load_or_create_secret(path: Path) -> bytes:
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48).encode()
-    # O_EXCL: of two processes starting together, exactly one writes the key.
+    """The key in ``path``, written there first if there is none.
+
+    Written whole before it appears (a file of its own, linked into place), so a
+    process starting at the same moment reads either no file or the whole key; a
+    file too short (cut off, emptied) stops the process rather than sign with it.
+    """
+    cached = _FILE_SECRETS.get(path)
+    if cached is not None:
+        return cached
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staged = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_urlsafe(48).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Of two processes starting together, exactly one links its key.
+            with contextlib.suppress(FileExistsError):
+                os.link(staged, path)
+        finally:
+            os.unlink(staged)
+    value = path.read_bytes().strip()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(value)
+        _check_secret(value)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{path}: {exc}; or delete the file to have a new key made"
+            " (tokens signed with the old one stop working)"
+        ) from None
+    _FILE_SECRETS[path] = value
     return value
+
+
+# Read once per process: ``Settings.secret`` is asked for at every token.
+_FILE_SECRETS: dict[Path, bytes] = {}
 
 
 def load_settings(**overrides: object) -> Settings:
