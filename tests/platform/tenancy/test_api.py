@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
-from tests.helpers import PASSWORD, add_member, assert_problem, login, signup, unique_email
+from tests.helpers import (
+    PASSWORD,
+    Account,
+    add_member,
+    assert_problem,
+    login,
+    signup,
+    unique_email,
+)
 
 
 def test_invited_user_joins_with_the_role_given(app_client: TestClient) -> None:
@@ -132,6 +142,80 @@ def test_removed_member_loses_access_at_once(app_client: TestClient) -> None:
         "/api/v1/auth/login", json={"email": member.email, "password": PASSWORD}
     )
     assert_problem(login_again, 401)
+
+
+def _api_key(client: TestClient, maker: Account, role: str) -> dict[str, Any]:
+    made = client.post(
+        "/api/v1/api-keys", json={"name": f"{role} key", "role": role}, headers=maker.headers
+    )
+    assert made.status_code == 201, made.text
+    key: dict[str, Any] = made.json()
+    assert key["created_by"] == str(maker.user_id)
+    return key
+
+
+def _invite(client: TestClient, inviter: Account, role: str) -> str:
+    invited = client.post(
+        "/api/v1/invitations", json={"email": unique_email(), "role": role}, headers=inviter.headers
+    )
+    assert invited.status_code == 201, invited.text
+    token: str = invited.json()["token"]
+    return token
+
+
+def _accept(client: TestClient, token: str) -> Any:
+    return client.post("/api/v1/auth/accept-invite", json={"token": token, "password": PASSWORD})
+
+
+def test_a_removed_members_keys_invitations_and_sessions_go_with_them(
+    app_client: TestClient,
+) -> None:
+    owner = signup(app_client)
+    admin = add_member(app_client, owner, "admin")
+    key = _api_key(app_client, admin, "admin")
+    owners_key = _api_key(app_client, owner, "admin")
+    invitation = _invite(app_client, admin, "member")
+    assert app_client.get("/api/v1/me", headers={"X-API-Key": key["key"]}).status_code == 200
+
+    removed = app_client.delete(f"/api/v1/members/{admin.user_id}", headers=owner.headers)
+    assert removed.status_code == 204
+
+    assert_problem(app_client.get("/api/v1/me", headers={"X-API-Key": key["key"]}), 401)
+    assert_problem(_accept(app_client, invitation), 401)
+    # Invited back, the old tokens stay dead: only a new login works.
+    rejoined = add_member(app_client, owner, "viewer", email=admin.email)
+    assert_problem(app_client.get("/api/v1/me", headers=admin.headers), 401)
+    refreshed = app_client.post("/api/v1/auth/refresh", json={"refresh_token": admin.refresh_token})
+    assert_problem(refreshed, 401)
+    assert app_client.get("/api/v1/me", headers=rejoined.headers).status_code == 200
+    # What others made is untouched.
+    assert app_client.get("/api/v1/me", headers={"X-API-Key": owners_key["key"]}).status_code == 200
+
+
+def test_a_demoted_members_keys_and_invitations_are_held_to_the_new_role(
+    app_client: TestClient,
+) -> None:
+    owner = signup(app_client)
+    admin = add_member(app_client, owner, "admin")
+    high_key = _api_key(app_client, admin, "admin")
+    low_key = _api_key(app_client, admin, "viewer")
+    high_invite = _invite(app_client, admin, "manager")
+    low_invite = _invite(app_client, admin, "viewer")
+
+    demoted = app_client.patch(
+        f"/api/v1/members/{admin.user_id}", json={"role": "member"}, headers=owner.headers
+    )
+    assert demoted.status_code == 200
+
+    keys = {
+        k["id"]: k
+        for k in app_client.get("/api/v1/api-keys", headers=owner.headers).json()["items"]
+    }
+    assert (keys[high_key["id"]]["role"], keys[low_key["id"]]["role"]) == ("member", "viewer")
+    me = app_client.get("/api/v1/me", headers={"X-API-Key": high_key["key"]})
+    assert me.status_code == 200 and me.json()["role"] == "member"
+    assert_problem(_accept(app_client, high_invite), 401)
+    assert _accept(app_client, low_invite).status_code == 200
 
 
 def test_unknown_member_is_404(app_client: TestClient) -> None:

@@ -100,6 +100,11 @@ class ApiKeyOut(BaseModel):
     name: str
     prefix: str
     role: Role
+    created_by: uuid.UUID | None = Field(
+        description="The member who made it (none: made from the command line); a key "
+        "is revoked when its maker leaves the tenant, and capped at their role when "
+        "they are given a lower one"
+    )
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None

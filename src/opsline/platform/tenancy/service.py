@@ -13,12 +13,12 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from opsline.db import Database, UnitOfWork, utcnow
 from opsline.platform.auth import tokens
-from opsline.platform.auth.models import User
+from opsline.platform.auth.models import ApiKey, AuthSession, User
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Context
 from opsline.platform.http.pagination import MAX_LIMIT, Page, keyset_page
@@ -237,12 +237,13 @@ def change_role(ctx: Context, *, user_id: uuid.UUID, role: Role) -> MemberOut:
             if _other_owners(uow, ctx.tenant_id, user_id) == 0:
                 raise Conflict("the last owner cannot be demoted; make another member owner first")
         membership.role = role.value
+        _withdraw_grants(uow, ctx.tenant_id, user_id, role)
         email = uow.session.scalar(select(User.email).where(User.id == user_id)) or ""
         return MemberOut(user_id=user_id, email=email, role=role, joined_at=membership.created_at)
 
 
 def remove_member(ctx: Context, *, user_id: uuid.UUID) -> None:
-    """Remove a member; their sessions in this tenant stop working at once."""
+    """Remove a member; their sessions in this tenant stop working at once, for good."""
     with ctx.db.unit_of_work() as uow:
         membership = _locked_membership(uow, ctx.tenant_id, user_id)
         if membership.role == Role.OWNER.value:
@@ -251,3 +252,46 @@ def remove_member(ctx: Context, *, user_id: uuid.UUID) -> None:
             if _other_owners(uow, ctx.tenant_id, user_id) == 0:
                 raise Conflict("the last owner cannot be removed; make another member owner first")
         uow.session.delete(membership)
+        _withdraw_grants(uow, ctx.tenant_id, user_id, None)
+
+
+def _withdraw_grants(
+    uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role | None
+) -> None:
+    """What a member handed out in a tenant follows them out of it (``role`` None) or
+    down to their new role: the API keys they made are revoked, or capped at the new
+    role (a key never exceeds its maker's role); their invitations not yet accepted
+    are revoked, all of them or those above the new role. On removal their login
+    sessions there are revoked, so that a later invitation does not bring them back."""
+    now = utcnow()
+    above = [r.value for r in Role if role is None or r.rank > role.rank]
+    keys = update(ApiKey).where(
+        ApiKey.tenant_id == tenant_id,
+        ApiKey.created_by == user_id,
+        ApiKey.revoked_at.is_(None),
+        ApiKey.role.in_(above),
+    )
+    uow.session.execute(
+        keys.values(revoked_at=now) if role is None else keys.values(role=role.value)
+    )
+    uow.session.execute(
+        update(Invitation)
+        .where(
+            Invitation.tenant_id == tenant_id,
+            Invitation.invited_by == user_id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.role.in_(above),
+        )
+        .values(revoked_at=now)
+    )
+    if role is None:
+        uow.session.execute(
+            update(AuthSession)
+            .where(
+                AuthSession.tenant_id == tenant_id,
+                AuthSession.user_id == user_id,
+                AuthSession.revoked_at.is_(None),
+            )
+            .values(revoked_at=now, revoked_reason="membership_removed")
+        )
