@@ -39,7 +39,11 @@ def _count(desk: Desk, where: list[dict[str, Any]], ids: list[str] | None = None
         ("name", "contains", "%_", 1),
         ("name", "contains", "_", 1),
         ("name", "starts_with", "Widget", 9),
+        # Case is ignored by both, on both databases (PostgreSQL's LIKE would not).
+        ("name", "starts_with", "wIDGET", 9),
+        ("name", "contains", "GET 1", 1),
         ("code", "starts_with", "C-", 5),
+        ("code", "starts_with", "c-", 5),
         ("kind", "eq", "b", 3),
         ("kind", "in", ["a", "c"], 7),
         ("active", "eq", True, 5),

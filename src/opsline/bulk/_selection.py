@@ -1,18 +1,20 @@
 """Selection: a client's ``where`` conditions and ids as a tenant-scoped SQL clause.
 
 Every name is checked against the resource's declaration; an unknown field or
-operator, or a value of the wrong type, is a 422 naming what is allowed.
+operator, or a value of the wrong type (or an integer beyond its column), is a 422
+naming what is allowed. ``contains`` and ``starts_with`` ignore case.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false
 
-from opsline.bulk._storable import check_storable
+from opsline.bulk._storable import check_storable, storable_range
 from opsline.bulk.errors import InvalidBulkRequest
 from opsline.platform.http.inputs import check_one_line
 from opsline.platform.resources import Field, Resource
@@ -66,10 +68,16 @@ def condition(resource: Resource, cond: dict[str, Any], index: int) -> ColumnEle
 
 
 def _coerce(field: Field, column: Any, value: Any) -> Any:
-    """The value as the field's type; an integer must also fit the column's type."""
+    """The value as the field's type. An integer must fit the column's type; a
+    decimal beyond the column's range is compared as the nearest value just
+    beyond it, which every stored value relates to the same way (and PostgreSQL
+    cannot even parse a numeric past its own limits, such as 1e200000)."""
     coerced = field.coerce(value)
     if field.kind == "int":
         check_storable(column, field.name, coerced)
+    elif isinstance(coerced, Decimal) and (bounds := storable_range(column)) is not None:
+        beyond = bounds[1] + 1
+        coerced = max(-beyond, min(beyond, coerced))
     return coerced
 
 
@@ -94,7 +102,9 @@ def _clause(field: Field, column: Any, op: str, value: Any) -> ColumnElement[boo
         check_one_line(value)  # ValueError: a 422 naming the condition's value
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%" if op == "contains" else f"{escaped}%"
-        return column.like(pattern, escape="\\")  # type: ignore[no-any-return]
+        # Case-insensitive on both databases (SQLite's LIKE already is, for ASCII
+        # letters; PostgreSQL's is not): ILIKE there, lower() on both sides here.
+        return column.ilike(pattern, escape="\\")  # type: ignore[no-any-return]
     coerced = _coerce(field, column, value)
     return {  # type: ignore[no-any-return]
         "eq": lambda: column == coerced,
