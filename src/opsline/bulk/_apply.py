@@ -1,7 +1,7 @@
 """Applying one chunk of a run, set-based, inside the chunk job's transaction.
 
-Order inside the transaction: record failures (missing records, failed
-checks, policy refusals) with ``INSERT ... SELECT``; capture the original
+Order inside the transaction: lock the chunk's rows; record failures (missing
+records, failed checks, policy refusals) with ``INSERT ... SELECT``; capture the original
 values of the rest in SQL; one ``UPDATE`` (or ``DELETE``) of the rest, whose
 ``RETURNING`` captures the new values (for undo's conflict check); store the
 encrypted snapshot.
@@ -134,9 +134,20 @@ def apply_chunk(
     An ``UPDATE`` removes no record, so for updates vanished records are looked
     for only when the counts show some are unaccounted for (rarely), after it.
     """
+    table = plan.resource.table
+    if plan.mode != "none":
+        # The chunk's rows locked first, in id order: on PostgreSQL an edit
+        # committed between the capture of the old values and the UPDATE would
+        # otherwise be built upon and then lost to an undo, with no conflict seen.
+        # (On SQLite the chunk's transaction holds the write lock already.)
+        session.execute(
+            select(table.c.id)
+            .where(_sql.tenant_is(session, table, ref.tenant_id), table.c.id.in_(chunk_ids(ref)))
+            .order_by(table.c.id)
+            .with_for_update()
+        )
     late = plan.mode == "update"
     _mark_failures(session, plan, ref, principal, missing=not late)
-    table = plan.resource.table
     target = and_(
         _sql.tenant_is(session, table, ref.tenant_id),
         table.c.id.in_(chunk_ids(ref)),
