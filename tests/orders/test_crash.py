@@ -89,10 +89,13 @@ def test_kill_9_mid_payment_then_the_sweeper_resolves_every_order(
     first = second = None
     try:
         from opsline.platform.auth.service import create_user
+        from opsline.platform.auth.tokens import hash_password
         from opsline.platform.tenancy.service import create_tenant
 
         with runtime.db.unit_of_work() as uow:
-            user = create_user(uow, email="crash@example.com", password="x" * 12)
+            user = create_user(
+                uow, email="crash@example.com", password_hash=hash_password("x" * 12)
+            )
             tenant = create_tenant(uow, name="Crash", owner=user)
         ctx = Context(runtime.db, settings, Principal(tenant.id, Role.OWNER, user_id=user.id))
         product = service.create_product(ctx, ProductIn(sku="C", name="c", price="2.00", stock=20))

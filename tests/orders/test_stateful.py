@@ -45,10 +45,15 @@ class Checkout(RuleBasedStateMachine):
         self.settings = base_settings(var, database_url=url)
         self.runtime = bootstrap(self.settings, configure_logs=False)
         from opsline.platform.auth.service import create_user
+        from opsline.platform.auth.tokens import hash_password
         from opsline.platform.tenancy.service import create_tenant
 
         with self.runtime.db.unit_of_work() as uow:
-            user = create_user(uow, email=f"{uuid.uuid4().hex[:8]}@example.com", password="x" * 12)
+            user = create_user(
+                uow,
+                email=f"{uuid.uuid4().hex[:8]}@example.com",
+                password_hash=hash_password("x" * 12),
+            )
             tenant = create_tenant(uow, name="Prop", owner=user)
         self.ctx = Context(
             self.runtime.db, self.settings, Principal(tenant.id, Role.OWNER, user_id=user.id)

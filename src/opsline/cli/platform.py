@@ -11,6 +11,7 @@ from rich.table import Table
 
 from opsline.platform.auth import service as auth
 from opsline.platform.auth.roles import Role, all_permissions
+from opsline.platform.auth.tokens import hash_password
 from opsline.platform.clitools import (
     TenantOption,
     cli_runtime,
@@ -174,8 +175,9 @@ def users_create(
     with cli_runtime() as runtime:
         _check_password(password)
         tenant_id = resolve_tenant(runtime.db, tenant)
+        password_hash = hash_password(password)
         with runtime.db.unit_of_work() as uow:
-            user = auth.create_user(uow, email=email, password=password)
+            user = auth.create_user(uow, email=email, password_hash=password_hash)
             tenancy.add_member(uow, tenant_id=tenant_id, user_id=user.id, role=role)
     console.print(f"user {escape(user.email)} {user.id} created as {role.value}")
 

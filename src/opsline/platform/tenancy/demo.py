@@ -13,6 +13,7 @@ from sqlalchemy import select
 from opsline.db import UnitOfWork
 from opsline.platform.auth.models import User
 from opsline.platform.auth.service import create_user
+from opsline.platform.auth.tokens import hash_password
 from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy.models import Membership, Tenant
 from opsline.platform.tenancy.service import create_tenant
@@ -42,7 +43,9 @@ def load_demo(runtime: Runtime) -> tuple[Tenant, User, bool]:
         if found is not None:
             tenant, user = found
             return tenant, user, False
-        user = create_user(uow, email=email, password=settings.demo_password.get_secret_value())
+        # Hashed in the transaction: once, from the command line, with nothing waiting.
+        password_hash = hash_password(settings.demo_password.get_secret_value())
+        user = create_user(uow, email=email, password_hash=password_hash)
         tenant = create_tenant(uow, name=DEMO_TENANT, owner=user)
         for seeder in _SEEDERS:
             seeder(uow, tenant, user)
