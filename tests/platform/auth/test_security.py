@@ -6,7 +6,9 @@ import base64
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +18,7 @@ from opsline.bootstrap import bootstrap
 from opsline.platform.auth.tokens import TokenSigner
 from opsline.platform.runtime import Runtime
 from opsline.settings import Settings
+from tests._server import serve
 from tests.helpers import PASSWORD, add_member, assert_problem, signup
 
 
@@ -191,3 +194,50 @@ def test_repeated_failed_logins_are_429(app_client: TestClient) -> None:
     good = app_client.post("/api/v1/auth/login", json={**bad, "password": PASSWORD})
     assert_problem(good, 429)
     assert int(good.headers["retry-after"]) >= 1
+
+
+def test_failed_logins_sent_at_once_are_counted_before_they_are_checked(
+    runtime: Runtime, app_client: TestClient
+) -> None:
+    """Counted as they arrive: ten wrong passwords at once against a limit of three
+    get three answers of 401, not ten (before, each passed a count that only the
+    failures already finished had raised)."""
+    account = signup(app_client)
+    bad = {"email": account.email, "password": "not the password"}
+    with serve(runtime) as base, ThreadPoolExecutor(10) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: httpx.post(f"{base}/api/v1/auth/login", json=bad, timeout=60).status_code,
+                range(10),
+            )
+        )
+    assert sorted(statuses) == [401] * 3 + [429] * 7
+
+
+def test_a_successful_login_clears_the_failures_and_is_not_one(app_client: TestClient) -> None:
+    account = signup(app_client)
+    good = {"email": account.email.upper(), "password": PASSWORD}
+    bad = {**good, "password": "not the password"}
+    login = lambda body: app_client.post("/api/v1/auth/login", json=body).status_code  # noqa: E731
+    assert [login(bad), login(bad), login(good)] == [401, 401, 200]
+    assert [login(good) for _ in range(5)] == [200] * 5
+    assert [login(bad) for _ in range(4)] == [401, 401, 401, 429]
+
+
+def test_an_invitation_cannot_be_used_to_guess_an_accounts_password(
+    app_client: TestClient,
+) -> None:
+    """Who invites an existing account holds the invitation's token: its wrong
+    passwords count as failed logins, per invitation."""
+    owner, someone = signup(app_client), signup(app_client)
+    invited = app_client.post(
+        "/api/v1/invitations", json={"email": someone.email}, headers=owner.headers
+    )
+    token = invited.json()["token"]
+
+    def accept(password: str) -> int:
+        body = {"token": token, "password": password}
+        return app_client.post("/api/v1/auth/accept-invite", json=body).status_code
+
+    assert [accept(f"a wrong guess number {n}") for n in range(4)] == [401, 401, 401, 429]
+    assert accept(PASSWORD) == 429  # until the window has passed

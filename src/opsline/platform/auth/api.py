@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response, status
 
 from opsline.platform.auth import service
-from opsline.platform.auth.errors import InvalidCredentials
 from opsline.platform.auth.roles import APIKEYS_MANAGE, permissions_of
 from opsline.platform.auth.schemas import (
     ApiKeyCreated,
@@ -66,21 +65,22 @@ def signup(body: SignupIn, request: Request, response: Response, runtime: Runtim
 def login(body: LoginIn, request: Request, response: Response, runtime: RuntimeDep) -> TokenPair:
     _limit_ip(runtime, request, response, "login")
     limiter, rate = runtime.rate_limiter, runtime.settings.rate_limit_failed_login
-    keys = ("failed-login", _client_ip(request), body.email.lower())
-    blocked = limiter.test(rate, *keys)
-    if not blocked.allowed:
+    keys = ("failed-login", _client_ip(request), service.normalize_email(body.email))
+    # Counted before the password is checked, so that requests sent at once cannot
+    # all pass a count that only failures finished so far have raised; a login
+    # that succeeds clears its count.
+    attempt = limiter.hit(rate, *keys)
+    if not attempt.allowed:
         raise TooManyRequests(
             f"too many failed logins for this account from this IP; retry after "
-            f"{blocked.reset_after} s",
-            headers=blocked.headers(),
+            f"{attempt.reset_after} s",
+            headers=attempt.headers(),
         )
-    try:
-        return service.login(
-            runtime, email=body.email, password=body.password, tenant_id=body.tenant_id
-        )
-    except InvalidCredentials:
-        limiter.hit(rate, *keys)
-        raise
+    pair = service.login(
+        runtime, email=body.email, password=body.password, tenant_id=body.tenant_id
+    )
+    limiter.clear(rate, *keys)
+    return pair
 
 
 @router.post("/auth/refresh", response_model=TokenPair, summary="Rotate a refresh token")

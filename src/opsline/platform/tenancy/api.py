@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request, Response, status
 
 from opsline.platform.auth.roles import MEMBERS_MANAGE, TENANT_READ, TENANT_UPDATE
 from opsline.platform.auth.schemas import TenantOut, TokenPair
+from opsline.platform.auth.tokens import digest
 from opsline.platform.context import Context
 from opsline.platform.http.deps import RequirePermission, RuntimeDep
 from opsline.platform.http.pagination import Page, PageDep
+from opsline.platform.http.problems import TooManyRequests
 from opsline.platform.http.routing import Route
 from opsline.platform.tenancy import service
 from opsline.platform.tenancy.schemas import (
@@ -104,8 +106,18 @@ def accept_invite(
         what="invitation acceptance from this IP",
     )
     response.headers.update(state.headers())
+    # An invitation to an existing account takes that account's password: its
+    # wrong guesses count as failed logins do, per invitation, whatever the IP.
+    failures = (runtime.settings.rate_limit_failed_login, "failed-invite", digest(body.token))
+    attempt = runtime.rate_limiter.hit(*failures)
+    if not attempt.allowed:
+        raise TooManyRequests(
+            f"too many failed attempts with this invitation; retry after {attempt.reset_after} s",
+            headers=attempt.headers(),
+        )
     user_id, tenant_id = service.accept_invitation(
         runtime.db, token=body.token, password=body.password
     )
+    runtime.rate_limiter.clear(*failures)
     user = auth.get_user(runtime.db, user_id)
     return auth.login(runtime, email=user.email, password=body.password, tenant_id=tenant_id)
