@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 
+from opsline.platform.runtime import Runtime
+from opsline.platform.tenancy.models import Membership
+from tests._server import serve
 from tests.helpers import (
     PASSWORD,
     Account,
@@ -251,3 +260,44 @@ def test_a_tenant_name_with_a_control_character_is_422(app_client: TestClient) -
         assert body["errors"][0]["loc"] == ["body", "name"]
         assert "control characters" in body["errors"][0]["msg"]
     assert app_client.get("/api/v1/tenant", headers=owner.headers).json()["name"] == "Kept"
+
+
+def test_two_owners_demoting_themselves_at_once_leave_one_owner(
+    runtime: Runtime, app_client: TestClient
+) -> None:
+    """Each locks every owner's row in one statement, in one order: one is demoted,
+    the other is the last owner (409); never a deadlock's 500, never no owner. Both
+    requests are held until each has begun locking (PostgreSQL; on SQLite the
+    second waits for the first's write lock before it can lock anything)."""
+    first = signup(app_client)
+    second = add_member(app_client, first, "owner")
+    both_locking = threading.Barrier(2)
+    held: set[int] = set()
+
+    def hold(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM memberships" in statement and "FOR UPDATE" in statement:
+            if threading.get_ident() not in held:
+                held.add(threading.get_ident())
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_locking.wait(2)
+
+    def demote(owner: Account) -> int:
+        return httpx.patch(
+            f"{base}/api/v1/members/{owner.user_id}",
+            json={"role": "admin"},
+            headers=owner.headers,
+            timeout=60,
+        ).status_code
+
+    event.listen(Engine, "before_cursor_execute", hold)
+    try:
+        with serve(runtime) as base, ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(demote, (first, second)))
+    finally:
+        event.remove(Engine, "before_cursor_execute", hold)
+    assert statuses == [200, 409]
+    with runtime.db.read() as session:
+        roles = session.scalars(
+            select(Membership.role).where(Membership.tenant_id == first.tenant_id)
+        ).all()
+    assert sorted(roles) == ["admin", "owner"]

@@ -13,7 +13,7 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsline.db import Database, UnitOfWork, utcnow
@@ -220,35 +220,37 @@ def _valid_invitation(session: Session, digest: str, *, lock: bool = False) -> I
     return invitation
 
 
-def _locked_membership(uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
-    membership = uow.session.scalars(
+def _locked_membership(
+    uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[Membership, int]:
+    """The member's row and how many other owners the tenant has, every one of those
+    rows locked in one statement, in user order: two owners demoting or removing each
+    other at once wait for each other instead of deadlocking."""
+    rows = uow.session.scalars(
         select(Membership)
-        .where(Membership.tenant_id == tenant_id, Membership.user_id == user_id)
-        .with_for_update()
-    ).first()
-    if membership is None:
-        raise NotFound(f"user {user_id} is not a member of this tenant")
-    return membership
-
-
-def _other_owners(uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
-    owners = uow.session.scalars(
-        select(Membership.user_id)
-        .where(Membership.tenant_id == tenant_id, Membership.role == Role.OWNER.value)
+        .where(
+            Membership.tenant_id == tenant_id,
+            or_(Membership.user_id == user_id, Membership.role == Role.OWNER.value),
+        )
+        .order_by(Membership.user_id)
         .with_for_update()
     ).all()
-    return sum(1 for owner in owners if owner != user_id)
+    membership = next((row for row in rows if row.user_id == user_id), None)
+    if membership is None:
+        raise NotFound(f"user {user_id} is not a member of this tenant")
+    others = sum(1 for row in rows if row.role == Role.OWNER.value and row.user_id != user_id)
+    return membership, others
 
 
 def change_role(ctx: Context, *, user_id: uuid.UUID, role: Role) -> MemberOut:
     _check_grant(ctx, role)
     with ctx.db.unit_of_work() as uow:
-        membership = _locked_membership(uow, ctx.tenant_id, user_id)
+        membership, other_owners = _locked_membership(uow, ctx.tenant_id, user_id)
         current = Role(membership.role)
         if current is Role.OWNER and ctx.principal.role is not Role.OWNER:
             raise Forbidden("only an owner can change an owner's role")
         if current is Role.OWNER and role is not Role.OWNER:
-            if _other_owners(uow, ctx.tenant_id, user_id) == 0:
+            if other_owners == 0:
                 raise Conflict("the last owner cannot be demoted; make another member owner first")
         membership.role = role.value
         _withdraw_grants(uow, ctx.tenant_id, user_id, role)
@@ -259,11 +261,11 @@ def change_role(ctx: Context, *, user_id: uuid.UUID, role: Role) -> MemberOut:
 def remove_member(ctx: Context, *, user_id: uuid.UUID) -> None:
     """Remove a member; their sessions in this tenant stop working at once, for good."""
     with ctx.db.unit_of_work() as uow:
-        membership = _locked_membership(uow, ctx.tenant_id, user_id)
+        membership, other_owners = _locked_membership(uow, ctx.tenant_id, user_id)
         if membership.role == Role.OWNER.value:
             if ctx.principal.role is not Role.OWNER:
                 raise Forbidden("only an owner can remove an owner")
-            if _other_owners(uow, ctx.tenant_id, user_id) == 0:
+            if other_owners == 0:
                 raise Conflict("the last owner cannot be removed; make another member owner first")
         uow.session.delete(membership)
         _withdraw_grants(uow, ctx.tenant_id, user_id, None)
