@@ -153,6 +153,10 @@ def apply_chunk(
         table.c.id.in_(chunk_ids(ref)),
         table.c.id.not_in(failed_ids(ref)),
     )
+    hook = plan.resource.before_change
+    if hook is not None and plan.mode != "none":
+        ids = list(session.scalars(select(table.c.id).where(target)))
+        hook(PolicyCheck(session, principal, plan.action, ids, plan.values))
     if plan.mode == "none":
         done = _count(session, select(table.c.id).where(target))
     else:

@@ -49,6 +49,11 @@ class PolicyCheck:
 
 # Returns the refused records with the reason for each.
 RecordPolicy = Callable[[PolicyCheck], Mapping[uuid.UUID, str]]
+# Told of the records a chunk (or an undo) is about to change, in its transaction,
+# after the policy; ``ids`` are those going ahead. For what must follow a change
+# (a member's API keys follow their role): should a record still fail after it,
+# refused by the database, the hook's work for it stays done, so it must be safe so.
+RecordHook = Callable[[PolicyCheck], None]
 Changes = Callable[[Table, Mapping[str, Any]], Mapping[str, ColumnElement[Any]]]
 
 
@@ -77,6 +82,7 @@ class Resource:
     updated_column: str | None = None
     hard_delete: HardDelete = "soft_deleted_only"
     policy: RecordPolicy | None = None
+    before_change: RecordHook | None = None
     custom_actions: Sequence[CustomAction] = ()
     _by_name: dict[str, Field] = field(default_factory=dict, init=False, repr=False)
 

@@ -224,15 +224,16 @@ def _locked_membership(
     uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID
 ) -> tuple[Membership, int]:
     """The member's row and how many other owners the tenant has, every one of those
-    rows locked in one statement, in user order: two owners demoting or removing each
-    other at once wait for each other instead of deadlocking."""
+    rows locked in one statement, in id order (as a bulk chunk locks its rows): two
+    owners demoting or removing each other at once, or a bulk run, wait for each
+    other instead of deadlocking."""
     rows = uow.session.scalars(
         select(Membership)
         .where(
             Membership.tenant_id == tenant_id,
             or_(Membership.user_id == user_id, Membership.role == Role.OWNER.value),
         )
-        .order_by(Membership.user_id)
+        .order_by(Membership.id)
         .with_for_update()
     ).all()
     membership = next((row for row in rows if row.user_id == user_id), None)
@@ -253,7 +254,7 @@ def change_role(ctx: Context, *, user_id: uuid.UUID, role: Role) -> MemberOut:
             if other_owners == 0:
                 raise Conflict("the last owner cannot be demoted; make another member owner first")
         membership.role = role.value
-        _withdraw_grants(uow, ctx.tenant_id, user_id, role)
+        withdraw_grants(uow.session, ctx.tenant_id, user_id, role)
         email = uow.session.scalar(select(User.email).where(User.id == user_id)) or ""
         return MemberOut(user_id=user_id, email=email, role=role, joined_at=membership.created_at)
 
@@ -268,17 +269,18 @@ def remove_member(ctx: Context, *, user_id: uuid.UUID) -> None:
             if other_owners == 0:
                 raise Conflict("the last owner cannot be removed; make another member owner first")
         uow.session.delete(membership)
-        _withdraw_grants(uow, ctx.tenant_id, user_id, None)
+        withdraw_grants(uow.session, ctx.tenant_id, user_id, None)
 
 
-def _withdraw_grants(
-    uow: UnitOfWork, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role | None
+def withdraw_grants(
+    session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role | None
 ) -> None:
     """What a member handed out in a tenant follows them out of it (``role`` None) or
     down to their new role: the API keys they made are revoked, or capped at the new
     role (a key never exceeds its maker's role); their invitations not yet accepted
     are revoked, all of them or those above the new role. On removal their login
-    sessions there are revoked, so that a later invitation does not bring them back."""
+    sessions there are revoked, so that a later invitation does not bring them back.
+    Run in the transaction that changes the membership (here, or a bulk chunk's)."""
     now = utcnow()
     above = [r.value for r in Role if role is None or r.rank > role.rank]
     keys = update(ApiKey).where(
@@ -287,10 +289,8 @@ def _withdraw_grants(
         ApiKey.revoked_at.is_(None),
         ApiKey.role.in_(above),
     )
-    uow.session.execute(
-        keys.values(revoked_at=now) if role is None else keys.values(role=role.value)
-    )
-    uow.session.execute(
+    session.execute(keys.values(revoked_at=now) if role is None else keys.values(role=role.value))
+    session.execute(
         update(Invitation)
         .where(
             Invitation.tenant_id == tenant_id,
@@ -302,7 +302,7 @@ def _withdraw_grants(
         .values(revoked_at=now)
     )
     if role is None:
-        uow.session.execute(
+        session.execute(
             update(AuthSession)
             .where(
                 AuthSession.tenant_id == tenant_id,
