@@ -5,6 +5,10 @@ storage order (neighbouring rows share a chunk, see :func:`_sql.storage_order`)
 into chunks of ``batch_size`` (``row_number()``), in the transaction that
 creates the batch, so records created later are never touched and every
 chunk job knows exactly its records.
+
+A scheduled run starts only if its author still may run it: :func:`author_role`
+reads who they are now (their membership, their API key), not who they were
+when they scheduled it.
 """
 
 from __future__ import annotations
@@ -14,17 +18,23 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import Integer, cast, func, insert, literal, select
+from sqlalchemy.orm import Session
 
 from opsline.bulk import _sql, events
 from opsline.bulk._runs import announce, event_fields
 from opsline.bulk._selection import selection_clause
 from opsline.bulk.errors import BulkLimitExceeded
 from opsline.bulk.models import BulkRun, items_table
+from opsline.bulk.permissions import BULK_RUN
 from opsline.db import UnitOfWork
+from opsline.platform.auth.models import ApiKey, User
+from opsline.platform.auth.roles import Role
+from opsline.platform.context import Principal
 from opsline.platform.engine.batches import create_batch
 from opsline.platform.engine.enqueue import JobSpec
 from opsline.platform.engine.events import publish
 from opsline.platform.resources import Resource
+from opsline.platform.tenancy.models import Membership
 from opsline.settings import Settings
 
 APPLY_CHUNK = "bulk.apply_chunk"
@@ -93,3 +103,69 @@ def _launch(uow: UnitOfWork, run: BulkRun, jobs: list[JobSpec], total: int) -> N
     )
     uow.session.flush()
     announce(uow, run)
+
+
+class AuthorRefused(Exception):
+    """The run's author may no longer run it; the message says why (the run's error)."""
+
+
+def _role_now(session: Session, run: BulkRun) -> Role | None:
+    """The role ``run.actor`` holds in the run's tenant now; None if none any more."""
+    kind, _, ident = run.actor.partition(":")
+    if kind == "user" and run.user_id is not None:
+        role = session.scalar(
+            select(Membership.role)
+            .join(User, User.id == Membership.user_id)
+            .where(
+                Membership.tenant_id == run.tenant_id,
+                Membership.user_id == run.user_id,
+                User.is_active.is_(True),
+            )
+        )
+    elif kind == "apikey":
+        try:
+            key_id = uuid.UUID(ident)
+        except ValueError:
+            return None
+        # The key's role now: capped at its maker's when they were demoted.
+        role = session.scalar(
+            select(ApiKey.role).where(
+                ApiKey.id == key_id,
+                ApiKey.tenant_id == run.tenant_id,
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+    elif run.actor == "system":
+        # No one to look up: the operator at the command line (system_principal, an
+        # owner) or code acting with a principal of its own; their role stands.
+        return Role(run.actor_role)
+    else:
+        return None
+    return Role(role) if role is not None else None
+
+
+def author_role(session: Session, run: BulkRun, resource: Resource) -> Role:
+    """The role the author of scheduled ``run`` holds now, if it still may run it.
+
+    A member must still be an active member of the run's tenant, an API key
+    unrevoked, and the role they hold now must have ``bulk.run`` and the
+    permission of the run's action on ``resource``. A ``system`` author (the
+    command line) keeps the role it had. Raises :class:`AuthorRefused` otherwise.
+    """
+    role = _role_now(session, run)
+    if role is None:
+        if run.actor.startswith("apikey:"):
+            raise AuthorRefused(
+                f"not started: the API key that scheduled it ({run.actor}) was revoked"
+            )
+        raise AuthorRefused(
+            f"not started: its author ({run.actor}) is no longer an active member of this tenant"
+        )
+    principal = Principal(tenant_id=run.tenant_id, role=role, user_id=run.user_id)
+    for permission in (BULK_RUN.name, resource.permission_for(run.action)):
+        if permission is None or not principal.has(permission):
+            raise AuthorRefused(
+                f"not started: its author ({run.actor}) now has the role '{role}', which "
+                f"lacks the permission '{permission}' to {run.action} {resource.name}"
+            )
+    return role

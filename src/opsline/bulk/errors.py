@@ -21,6 +21,13 @@ class ConfirmationRequired(Conflict):
     title = "Confirmation required"
 
 
+class ConfirmationUsed(Conflict):
+    """The confirmation token already confirmed a run (named in ``run_id``)."""
+
+    type_slug = "bulk-confirmation-used"
+    title = "Confirmation token already used"
+
+
 class RunStateConflict(Conflict):
     type_slug = "bulk-run-state"
     title = "Run is not in a state for this"

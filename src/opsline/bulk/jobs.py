@@ -150,6 +150,12 @@ def finish_run(ctx: JobContext, batch_id: uuid.UUID, run_id: uuid.UUID) -> None:
 def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
     """Start a scheduled run when due; a job for an older time (rescheduled) does nothing.
 
+    Its author's permission is checked again, against who they are now
+    (:func:`_start.author_role`): a removed member, a revoked API key or a
+    role without ``bulk.run`` or the action's permission fails the run with
+    the reason in its ``error``, changing nothing (``bulk.action_failed``).
+    The run then acts with the role they hold now (``actor_role``).
+
     The tenant's concurrent-runs limit holds as for direct runs: when the
     tenant already has ``bulk_max_concurrent_runs`` running, the run stays
     ``scheduled`` and this job is queued again ``DEFER_SECONDS`` later (same
@@ -161,15 +167,21 @@ def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
             return
         if abs((as_utc(run.scheduled_at) - as_utc(at)).total_seconds()) > 0.001:
             return
+        resource = find_resource(run.resource)
+        try:
+            role = _start.author_role(uow.session, run, resource) if resource is not None else None
+        except _start.AuthorRefused as refused:
+            _refuse(uow, run, str(refused))
+            return
         if _runs.count_active(uow.session, run.tenant_id) >= ctx.settings.bulk_max_concurrent_runs:
             _defer(uow, run, at)
             return
-        resource = find_resource(run.resource)
         now = utcnow()
         run.started_at, run.updated_at = now, now
-        if resource is None:
+        if resource is None or role is None:
             run.status, run.finished_at, run.error = "failed", now, "resource not registered"
             return
+        run.actor_role = role.value
         try:
             with uow.session.begin_nested():
                 _start.start_run(uow, run, resource, ctx.settings)
@@ -177,6 +189,15 @@ def start_scheduled(ctx: JobContext, run_id: uuid.UUID, at: datetime) -> None:
             run.status, run.finished_at = "failed", now
             run.error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"[:500]
             publish(uow, events.BulkActionFailed(**_runs.event_fields(run), error=run.error))
+
+
+def _refuse(uow: UnitOfWork, run: BulkRun, reason: str) -> None:
+    """Fail a scheduled run that never started: its author may no longer run it."""
+    log.warning("bulk_scheduled_run_refused", run_id=str(run.id), reason=reason)
+    now = utcnow()
+    run.status, run.error, run.finished_at, run.updated_at = "failed", reason, now, now
+    publish(uow, events.BulkActionFailed(**_runs.event_fields(run), error=reason))
+    _runs.announce(uow, run)
 
 
 def _defer(uow: UnitOfWork, run: BulkRun, at: datetime) -> None:

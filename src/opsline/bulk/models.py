@@ -2,7 +2,8 @@
 
 ``bulk_runs`` is also the audit log: one row per run and per undo (who, tenant,
 action, resource, selection, parameters, counts, ip, user agent, timestamps,
-outcome). ``bulk_run_items`` is the selection resolved once at start (record ids
+outcome; the digest of the confirmation token it used, once per tenant).
+``bulk_run_items`` is the selection resolved once at start (record ids
 numbered into chunks); ``bulk_chunks`` marks a chunk applied in the chunk's own
 transaction (the retry guard); ``bulk_snapshots`` holds one AES-GCM blob per
 chunk with the original values; ``bulk_failures`` the per-record failures.
@@ -38,6 +39,8 @@ class BulkRun(Base):
         Index(None, "tenant_id", "created_at", "id"),
         Index(None, "tenant_id", "status"),
         Index(None, "undo_expires_at"),
+        # A confirmation token confirms one run: the second run with it cannot commit.
+        Index(None, "tenant_id", "confirmation_digest", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -65,6 +68,7 @@ class BulkRun(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(400))
     error: Mapped[str | None] = mapped_column(Text)
+    confirmation_digest: Mapped[str | None] = mapped_column(String(64))
     scheduled_at: Mapped[datetime | None]
     timezone: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,15 +7,16 @@ looked up within that tenant (another tenant's run is a 404).
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 
-from opsline.bulk import _preview, _runs, _start, events
+from opsline.bulk import _confirm, _preview, _runs, _start, events
 from opsline.bulk._spec import (
     Spec,
     build_spec,
@@ -34,12 +35,14 @@ from opsline.bulk.schemas import (
     RunOut,
     ScheduleRequest,
 )
-from opsline.db import as_utc, new_id, utcnow
+from opsline.db import UnitOfWork, as_utc, new_id, utcnow
 from opsline.platform.context import Context
 from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.enqueue import enqueue
 from opsline.platform.engine.events import publish
 from opsline.platform.http.pagination import Page, keyset_page
+from opsline.platform.http.problems import Problem
+from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
 
 START_SCHEDULED = "bulk.start_scheduled"
 R = runs_table.c
@@ -59,8 +62,12 @@ def _count(ctx: Context, spec: Spec) -> int:
         return int(session.scalar(select(func.count()).select_from(table).where(clause)) or 0)
 
 
-def _guard(ctx: Context, spec: Spec, token: str | None) -> None:
-    """Confirmation (409) and size limit (429) before anything is written."""
+def _guard(ctx: Context, spec: Spec, token: str | None) -> str | None:
+    """Confirmation (409) and size limit (429) before anything is written.
+
+    Returns the digest of ``token`` when it confirms this very request (the run
+    uses it up, needed or not), else None.
+    """
     count = _count(ctx, spec)
     if count > ctx.settings.bulk_max_records:
         raise BulkLimitExceeded(
@@ -69,6 +76,9 @@ def _guard(ctx: Context, spec: Spec, token: str | None) -> None:
         )
     if needs_confirmation(ctx, spec, count):
         require_confirmation(ctx, spec, token)
+    if token and _confirm.verify(ctx.settings, token, spec.fingerprint(ctx.principal)) is None:
+        return _confirm.digest(token)
+    return None
 
 
 def _check_concurrency(ctx: Context, session: Any) -> None:
@@ -80,18 +90,94 @@ def _check_concurrency(ctx: Context, session: Any) -> None:
         )
 
 
-def execute(ctx: Context, body: BulkRequest) -> RunOut:
-    """Start a run now: the selection is resolved and its chunk jobs queued in one transaction."""
+def _start_now(uow: UnitOfWork, ctx: Context, body: BulkRequest) -> BulkRun:
+    """Create the run and start it in ``uow``: the selection resolved, its chunk jobs queued."""
     spec = build_spec(ctx, body)
-    _guard(ctx, spec, body.confirmation_token)
+    _confirm.check_unused(uow, ctx.tenant_id, body.confirmation_token)
+    digest = _guard(ctx, spec, body.confirmation_token)
+    _check_concurrency(ctx, uow.session)
     now = utcnow()
+    run = _runs.new_run(ctx, spec, status="running", now=now)
+    run.started_at, run.confirmation_digest = now, digest
+    _confirm.add_run(uow, run)
+    _start.start_run(uow, run, spec.resource, ctx.settings)
+    return run
+
+
+def execute(ctx: Context, body: BulkRequest) -> RunOut:
+    """Start a run now: the selection is resolved and its chunk jobs queued in one transaction.
+
+    A confirmation token that confirms this request is used up by the run, in
+    that transaction: another run with it is a 409 naming this one.
+    """
     with ctx.db.unit_of_work() as uow:
-        _check_concurrency(ctx, uow.session)
-        run = _runs.new_run(ctx, spec, status="running", now=now)
-        run.started_at = now
-        uow.session.add(run)
-        _start.start_run(uow, run, spec.resource, ctx.settings)
+        run = _start_now(uow, ctx, body)
     return _runs.to_out(run)
+
+
+class _Unstored(Exception):
+    """A refusal that must not become the Idempotency-Key's stored answer (a
+    limit's 429: the same request may succeed later), carried past
+    :func:`run_idempotent`, which stores every :class:`Problem`."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+
+
+RequestT = TypeVar("RequestT", bound=BulkRequest)
+
+
+def _once(
+    ctx: Context,
+    body: RequestT,
+    *,
+    path: str,
+    status: int,
+    idempotency_key: str | None,
+    create: Callable[[UnitOfWork, Context, RequestT], BulkRun],
+) -> Outcome:
+    """``create`` once per Idempotency-Key (see opsline.platform.idempotency).
+
+    The key and the run commit together. The same key and body replay the
+    first answer (even once its token expired or was used, by that very run);
+    another body is a 422; the same key while its first request is still in
+    flight a 409. Limits (429) are not kept: a retry after ``Retry-After``
+    runs afresh.
+    """
+
+    def action(uow: UnitOfWork) -> dict[str, Any]:
+        try:
+            run = create(uow, ctx, body)
+        except BulkLimitExceeded as exc:
+            raise _Unstored(exc) from None
+        return _runs.to_out(run).model_dump(mode="json")
+
+    # The body as canonical text: the stdlib's JSON writes any integer (orjson's
+    # stops at 64 bits, and a too large number must be the 422 of validation).
+    sent = json.dumps(body.model_dump(mode="json"), sort_keys=True) if idempotency_key else ""
+    try:
+        return run_idempotent(
+            ctx,
+            key=idempotency_key,
+            request_fingerprint=fingerprint("POST", path, sent),
+            status=status,
+            action=action,
+        )
+    except _Unstored as exc:
+        raise exc.problem from None
+
+
+def execute_once(ctx: Context, body: BulkRequest, *, idempotency_key: str | None) -> Outcome:
+    """``POST /runs``: :func:`execute`, once per ``Idempotency-Key`` (202)."""
+    return _once(
+        ctx,
+        body,
+        path="/api/v1/bulk/runs",
+        status=202,
+        idempotency_key=idempotency_key,
+        create=_start_now,
+    )
 
 
 def _as_utc_time(run_at: datetime, timezone: str | None) -> datetime:
@@ -125,26 +211,48 @@ def _as_utc_time(run_at: datetime, timezone: str | None) -> datetime:
     return at
 
 
-def schedule(ctx: Context, body: ScheduleRequest) -> RunOut:
-    """Schedule a run; its selection is resolved when it starts. Confirmation is checked now."""
+def _plan_later(uow: UnitOfWork, ctx: Context, body: ScheduleRequest) -> BulkRun:
+    """Create a scheduled run and its start job in ``uow``; its token is used up now."""
     spec = build_spec(ctx, body)
     at = _as_utc_time(body.run_at, body.timezone)
-    _guard(ctx, spec, body.confirmation_token)
+    _confirm.check_unused(uow, ctx.tenant_id, body.confirmation_token)
+    digest = _guard(ctx, spec, body.confirmation_token)
+    run = _runs.new_run(ctx, spec, status="scheduled", now=utcnow())
+    run.scheduled_at, run.timezone, run.confirmation_digest = at, body.timezone, digest
+    _confirm.add_run(uow, run)
+    enqueue(uow, START_SCHEDULED, {"run_id": run.id, "at": at}, tenant_id=ctx.tenant_id, run_at=at)
+    return run
+
+
+def schedule(ctx: Context, body: ScheduleRequest) -> RunOut:
+    """Schedule a run; its selection is resolved when it starts. Confirmation is checked now.
+
+    When it is due, its author must still hold the action's permission (see
+    ``bulk.start_scheduled``); otherwise it fails, having changed nothing.
+    """
     with ctx.db.unit_of_work() as uow:
-        run = _runs.new_run(ctx, spec, status="scheduled", now=utcnow())
-        run.scheduled_at, run.timezone = at, body.timezone
-        uow.session.add(run)
-        uow.session.flush()
-        enqueue(
-            uow, START_SCHEDULED, {"run_id": run.id, "at": at}, tenant_id=ctx.tenant_id, run_at=at
-        )
+        run = _plan_later(uow, ctx, body)
     return _runs.to_out(run)
 
 
+def schedule_once(ctx: Context, body: ScheduleRequest, *, idempotency_key: str | None) -> Outcome:
+    """``POST /schedules``: :func:`schedule`, once per ``Idempotency-Key`` (201)."""
+    return _once(
+        ctx,
+        body,
+        path="/api/v1/bulk/schedules",
+        status=201,
+        idempotency_key=idempotency_key,
+        create=_plan_later,
+    )
+
+
 def reschedule(ctx: Context, run_id: uuid.UUID, body: RescheduleRequest) -> RunOut:
+    """Move a scheduled run; needs the permission its action needs (403), as undo does."""
     at = _as_utc_time(body.run_at, body.timezone)
     with ctx.db.unit_of_work() as uow:
         run = _runs.get_run(uow.session, ctx.tenant_id, run_id)
+        check_permission(ctx.principal, resource_for(run.resource), run.action)
         if run.status != "scheduled":
             raise RunStateConflict(f"run {run_id} is {run.status}; only scheduled runs move")
         run.scheduled_at, run.timezone, run.updated_at = at, body.timezone, utcnow()
@@ -214,10 +322,12 @@ def list_failures(
 def cancel_run(ctx: Context, run_id: uuid.UUID) -> RunOut:
     """Pending chunks never start; a chunk committing later rolls back; status stays cancelled.
 
-    Idempotent on a cancelled run; 409 on a finished one.
+    Needs the permission the run's action needs (403), as undo does. Idempotent
+    on a cancelled run; 409 on a finished one.
     """
     with ctx.db.unit_of_work() as uow:
         run = _runs.get_run(uow.session, ctx.tenant_id, run_id)
+        check_permission(ctx.principal, resource_for(run.resource), run.action)
         run = _runs.lock_run(uow.session, run_id) or run
         if run.status == "cancelled":
             return _runs.to_out(run)
