@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from opsline.bulk import service
@@ -36,7 +36,8 @@ from opsline.platform.http.deps import RequirePermission, principal_from_credent
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import Forbidden, Unauthorized
 from opsline.platform.http.routing import Route
-from opsline.platform.idempotency.service import Outcome, check_key
+from opsline.platform.idempotency.http import REPLAY_HEADER, key_header, outcome_response
+from opsline.platform.idempotency.service import check_key
 from opsline.platform.realtime.readmission import Readmission
 from opsline.platform.realtime.streams import sse_end
 from opsline.platform.resources import all_resources
@@ -49,14 +50,11 @@ NameFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:
 POLL_SECONDS = 1.0
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Optional, unique per intended run; the same key and body replay the "
-        "first answer (header Idempotent-Replayed: true), another body is a 422",
+    key_header(
+        "Optional, unique per intended run; the same key and body replay the first "
+        f"answer (header {REPLAY_HEADER}: true), another body is a 422"
     ),
 ]
-REPLAY_HEADER = "Idempotent-Replayed"
 
 
 def _limit(request: Request, ctx: Context) -> None:
@@ -117,17 +115,6 @@ def preview(body: BulkRequest, ctx: BulkCtx) -> PreviewOut:
     return service.preview(ctx, body)
 
 
-def _answer(outcome: Outcome, response: Response) -> Response:
-    """The outcome as sent (or replayed), with the headers the dependencies set."""
-    headers = dict(response.headers)
-    if outcome.replayed:
-        headers[REPLAY_HEADER] = "true"
-    media = "application/problem+json" if outcome.status >= 400 else "application/json"
-    return ORJSONResponse(
-        outcome.body, status_code=outcome.status, headers=headers, media_type=media
-    )
-
-
 IDEMPOTENT_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"description": "Idempotency-Key malformed"},
     409: {
@@ -156,7 +143,7 @@ def execute(
     """A confirmation token confirms one run; send an ``Idempotency-Key`` to retry safely."""
     key = check_key(idempotency_key, required=False)
     _limit(request, ctx)
-    return _answer(service.execute_once(ctx, body, idempotency_key=key), response)
+    return outcome_response(service.execute_once(ctx, body, idempotency_key=key), response)
 
 
 @router.get("/runs", response_model=Page[RunOut], summary="Runs and undos (the audit log)")
@@ -262,7 +249,7 @@ def schedule(
 ) -> Response:
     key = check_key(idempotency_key, required=False)
     _limit(request, ctx)
-    return _answer(service.schedule_once(ctx, body, idempotency_key=key), response)
+    return outcome_response(service.schedule_once(ctx, body, idempotency_key=key), response)
 
 
 @router.get("/schedules", response_model=Page[RunOut], summary="Scheduled runs")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, Query, Response, status
 
 from opsline.orders import service
 from opsline.orders._state import OrderStatus
@@ -32,6 +31,7 @@ from opsline.platform.http.deps import PendingContext, PendingPermission, Requir
 from opsline.platform.http.inputs import OneLine, UtcDatetime, check_window
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.routing import Route
+from opsline.platform.idempotency.http import key_header, outcome_response
 from opsline.platform.idempotency.service import check_key
 
 router = APIRouter(route_class=Route)
@@ -41,13 +41,8 @@ ProductsWrite = Annotated[Context, RequirePermission(PRODUCTS_WRITE.name)]
 OrdersRead = Annotated[Context, RequirePermission(ORDERS_READ.name)]
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Unique per intended order; the same key and body replay the first answer",
-    ),
+    key_header("Unique per intended order; the same key and body replay the first answer"),
 ]
-REPLAY_HEADER = "Idempotent-Replayed"
 
 
 @router.post(
@@ -135,14 +130,7 @@ async def place_order(
     # the session is checked there, by the order's first read.
     placement = service.OrderPlacement(who, body, idempotency_key=key)
     outcome = await run_write(who.db, placement.attempt)
-    # What the dependencies set (the rate limit's headers) goes on the response returned.
-    headers = dict(response.headers)
-    if outcome.replayed:
-        headers[REPLAY_HEADER] = "true"
-    media = "application/problem+json" if outcome.status >= 400 else "application/json"
-    return ORJSONResponse(
-        outcome.body, status_code=outcome.status, headers=headers, media_type=media
-    )
+    return outcome_response(outcome, response)
 
 
 @router.get("/orders", response_model=Page[OrderOut], tags=["orders"])
