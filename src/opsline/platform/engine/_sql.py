@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, text, tuple_, union_all, update
 
-from opsline.platform.engine.models import jobs_table, state_is
+from opsline.platform.engine.models import CLAIM_ORDER, in_claim_order, jobs_table, state_is
 
 J = jobs_table.c
 TS = J.run_at.type
@@ -35,6 +35,7 @@ def claim_statement(queues: int = 1) -> Any:
         .where(
             state_is(J.state, "available"),
             J.queue == bindparam(f"b_queue_{i}"),
+            in_claim_order(J.priority),
             or_(J.concurrency_key.is_(None), running_for_key < J.concurrency_limit),
         )
         .order_by(J.priority, J.vtime, J.id)
@@ -136,7 +137,7 @@ DEFER = (
 )
 PROMOTE = text(
     "UPDATE jobs SET state = 'available', vtime = coalesce((SELECT h.vtime FROM jobs h"
-    " WHERE h.state = 'available' AND h.queue = jobs.queue"
+    f" WHERE h.state = 'available' AND h.queue = jobs.queue AND h.{CLAIM_ORDER}"
     " ORDER BY h.priority, h.vtime, h.id LIMIT 1), 0)"
     " WHERE state IN ('scheduled', 'retryable') AND run_at <= :now"
 ).bindparams(bindparam("now", type_=TS))

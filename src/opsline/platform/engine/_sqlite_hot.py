@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from opsline.platform.engine.models import CLAIM_ORDER
+
 if TYPE_CHECKING:
     from opsline.platform.engine._store import ClaimedJob
 
@@ -24,6 +26,7 @@ CLAIM = (
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, attempted_at = ?,"
     " lease_owner = ?, lease_expires_at = ?"
     " WHERE id IN (SELECT id FROM jobs WHERE state = 'available' AND queue = ?"
+    f" AND {CLAIM_ORDER}"
     " AND (concurrency_key IS NULL OR (SELECT count(*) FROM jobs AS r"
     " WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL"
     " AND r.concurrency_key = jobs.concurrency_key) < concurrency_limit)"
@@ -111,6 +114,7 @@ _START_VTIME = (
     "SELECT coalesce((SELECT vtime + 1 FROM jobs WHERE state = 'available'"
     " AND queue = ? AND tenant_id IS ? ORDER BY queue DESC, tenant_id DESC, vtime DESC"
     " LIMIT 1), (SELECT vtime FROM jobs WHERE state = 'available' AND queue = ?"
+    f" AND {CLAIM_ORDER}"
     " ORDER BY queue, priority, vtime, id LIMIT 1), 0)"
 )
 _EXISTING = (

@@ -29,7 +29,14 @@ from sqlalchemy.orm import Session
 from opsline.db import Database, UnitOfWork, utcnow
 from opsline.platform.engine import _sqlite_hot, _wake, metrics
 from opsline.platform.engine._engines import begin_immediate, hot_engine
-from opsline.platform.engine.models import PENDING_STATES, jobs_table, state_is
+from opsline.platform.engine.errors import InvalidJobArgs
+from opsline.platform.engine.models import (
+    PENDING_STATES,
+    PRIORITY_RANGE,
+    in_claim_order,
+    jobs_table,
+    state_is,
+)
 from opsline.platform.engine.registry import JobDef, get_job
 
 Executor = Session | Connection
@@ -138,6 +145,12 @@ def _row(spec: JobSpec, now: datetime, batch_id: uuid.UUID | None) -> dict[str, 
     if spec.delay is not None:
         seconds = spec.delay.total_seconds() if isinstance(spec.delay, timedelta) else spec.delay
         run_at = now + timedelta(seconds=seconds)
+    priority = definition.priority if spec.priority is None else spec.priority
+    if priority not in PRIORITY_RANGE:
+        raise InvalidJobArgs(
+            f"priority {priority} of {definition.name} is out of range: give a 32-bit integer "
+            f"({PRIORITY_RANGE.start} to {PRIORITY_RANGE.stop - 1}); lower runs first"
+        )
     scope = f"{definition.name}|{spec.tenant_id or '-'}|"
     unique = definition.unique(args) if definition.unique else None
     concurrency = definition.concurrency_key(args) if definition.concurrency_key else None
@@ -145,7 +158,7 @@ def _row(spec: JobSpec, now: datetime, batch_id: uuid.UUID | None) -> dict[str, 
         "tenant_id": spec.tenant_id,
         "name": definition.name,
         "queue": definition.queue,
-        "priority": definition.priority if spec.priority is None else spec.priority,
+        "priority": priority,
         "vtime": 0,
         "state": "available" if run_at <= now else "scheduled",
         "args": args,
@@ -219,7 +232,7 @@ _TAIL_SYSTEM = (
 # The head of the queue: the next job in claim order (an index seek, not a scan).
 _HEAD = (
     select(J.vtime)
-    .where(state_is(J.state, "available"), J.queue == bindparam("q"))
+    .where(state_is(J.state, "available"), J.queue == bindparam("q"), in_claim_order(J.priority))
     .order_by(J.queue, J.priority, J.vtime, J.id)
     .limit(1)
 )

@@ -37,6 +37,23 @@ ALL_STATES = PENDING_STATES + FINAL_STATES
 JOBS_STORAGE = {"autovacuum_analyze_scale_factor": 0, "autovacuum_analyze_threshold": 1000}
 
 
+# ix_jobs_claim's second condition holds for every row (priority is a 32-bit
+# integer) and is stated only by the statements that want claim order: the
+# claim and a queue's head (``in_claim_order``). Any other look-up of waiting
+# jobs cannot use that index, so a stale estimate cannot plan the enqueue's
+# tail look-up as a walk of the whole queue in claim order and a sort of its
+# waiting jobs (see JOBS_STORAGE); only ix_jobs_fair serves it. Not
+# "priority IS NOT NULL": PostgreSQL 17 drops that qual on a NOT NULL column.
+CLAIM_ORDER = "priority >= -2147483648"
+PRIORITY_RANGE = range(-(2**31), 2**31)
+
+
+def in_claim_order(priority: Any) -> Any:
+    """The condition of ix_jobs_claim besides the state, on ``priority`` (the
+    column of ``jobs`` or of an alias): a statement in claim order states it."""
+    return priority >= literal_column(str(PRIORITY_RANGE.start))
+
+
 def state_is(column: Any, state: str) -> Any:
     """``column = '<state>'`` as a SQL literal, so the planner can use the partial
     indexes declared ``WHERE state = '...'`` (a bound parameter cannot match them)."""
@@ -53,7 +70,14 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         # Claim order inside a queue: priority, then fair virtual time, then FIFO.
-        Index("ix_jobs_claim", "queue", "priority", "vtime", "id", **_where("state = 'available'")),
+        Index(
+            "ix_jobs_claim",
+            "queue",
+            "priority",
+            "vtime",
+            "id",
+            **_where(f"state = 'available' AND {CLAIM_ORDER}"),
+        ),
         # Fairness clock (head of a queue) and a tenant's tail in that queue.
         Index("ix_jobs_fair", "queue", "tenant_id", "vtime", **_where("state = 'available'")),
         Index("ix_jobs_due", "run_at", **_where("state IN ('scheduled', 'retryable')")),
