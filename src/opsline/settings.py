@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -40,6 +41,12 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Reverse proxies whose X-Forwarded-For (and -Proto) ``opsline serve`` believes:
+    # comma-separated addresses and networks, or ``*`` for every peer (only when
+    # nothing but the proxy can reach the server). Empty, the default: none, and the
+    # client is the peer; anyone may write the header, so it is never believed
+    # unless a proxy that sets it is named. Rate limits per IP count on the client.
+    forwarded_allow_ips: str = ""
     # The server's event loop; auto: see ``server_event_loop``.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
@@ -78,6 +85,15 @@ class Settings(BaseSettings):
     rate_limit_api: str = "1200/minute"
     rate_limit_auth: str = "20/minute"
     rate_limit_failed_login: str = "5/minute"
+    # Failed logins (and invitation acceptances that take an existing account's
+    # password) per account, whatever the address: guesses spread over many
+    # addresses stop here. 20 an hour caps them at under 500 a day, too few to find
+    # a password of 10 characters or more, and leaves an owner room for typing
+    # mistakes. Over it, logins to the account pause only from addresses it has not
+    # logged in from within OPSLINE_REFRESH_TOKEN_DAYS: a stranger who knows the
+    # email can hold new addresses back (about 20 requests an hour), but not the
+    # owner's usual ones, and sessions already open keep refreshing.
+    rate_limit_failed_login_account: str = "20/hour"
 
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -161,6 +177,7 @@ class Settings(BaseSettings):
         "rate_limit_api",
         "rate_limit_auth",
         "rate_limit_failed_login",
+        "rate_limit_failed_login_account",
         "bulk_rate_limit_user",
         "bulk_rate_limit_tenant",
     )
@@ -173,6 +190,21 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _valid_proxies(cls, value: str) -> str:
+        """Each entry an address or a network, as uvicorn compares them with the peer's
+        address: uvicorn would take anything else for a literal that never matches,
+        and the proxy's clients would all share its address without a word."""
+        entries = [entry.strip() for entry in value.split(",")]
+        if entries == [""]:
+            return ""
+        if "*" in entries:
+            if len(entries) > 1:
+                raise ValueError("'*' trusts every peer; give it alone or list addresses")
+            return "*"
+        return ",".join(_proxy_entry(entry) for entry in entries)
 
     @property
     def server_event_loop(self) -> Literal["asyncio", "uvloop"]:
@@ -273,6 +305,23 @@ class Settings(BaseSettings):
     @property
     def previous_secrets(self) -> list[bytes]:
         return [key.get_secret_value().encode() for key in self.previous_secret_keys]
+
+
+def _proxy_entry(entry: str) -> str:
+    """One trusted proxy's address or network, written the standard way."""
+    if not entry:
+        raise ValueError("has an empty entry (two commas, or one at an end)")
+    try:
+        return str(ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry))
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{entry!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/8)"
+        ) from None
+    raise ValueError(f"{entry!r} has host bits set; did you mean {network}?")
 
 
 MIN_SECRET_BYTES = 32

@@ -62,9 +62,11 @@ def serve(
     runtime = bootstrap(settings, role="serve")
     app = create_app(runtime=runtime)
     loop = settings.server_event_loop
+    proxies = settings.forwarded_allow_ips
+    believed = f", X-Forwarded-For believed from {proxies}" if proxies else ""
     console.print(
         f"Opsline serving on http://{host or settings.host}:{port or settings.port} "
-        f"({runtime.db.dialect}, {loop} event loop)"
+        f"({runtime.db.dialect}, {loop} event loop{believed})"
     )
     uvicorn.run(
         app,
@@ -73,7 +75,10 @@ def serve(
         loop=loop,
         log_config=None,
         access_log=False,
-        proxy_headers=False,
+        # Only from the proxies named: uvicorn's own default believes any peer on
+        # loopback, and its FORWARDED_ALLOW_IPS variable is not one of our settings.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
     )
 
 

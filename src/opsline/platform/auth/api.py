@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
+import redis
+import structlog
 from fastapi import APIRouter, Request, Response, status
 
 from opsline.platform.auth import service
@@ -32,17 +34,73 @@ from opsline.platform.runtime import Runtime
 from opsline.platform.tenancy import service as tenancy
 
 router = APIRouter(tags=["auth"], route_class=Route)
+log = structlog.get_logger(__name__)
 
 
-def _client_ip(request: Request) -> str:
+def client_ip(request: Request) -> str:
+    """The client's address: the peer's, or what a trusted proxy forwarded for it
+    (``OPSLINE_FORWARDED_ALLOW_IPS``, applied by the server before we see it)."""
     return request.client.host if request.client else "unknown"
 
 
 def _limit_ip(runtime: Runtime, request: Request, response: Response, what: str) -> None:
     state = runtime.rate_limiter.enforce(
-        runtime.settings.rate_limit_auth, what, _client_ip(request), what=f"{what} from this IP"
+        runtime.settings.rate_limit_auth, what, client_ip(request), what=f"{what} from this IP"
     )
     response.headers.update(state.headers())
+
+
+def count_account_attempt(runtime: Runtime, request: Request, email: str) -> None:
+    """Count an attempt at ``email``'s password against the account's limit, whatever
+    the address; over it, refuse (429) unless the address is one the account has
+    logged in from (``account_login_succeeded``).
+
+    Counted before the password is checked, as per address, and only once the
+    per-address limit has let the attempt through: refusals there check no password,
+    so a stranger hammering from one address brings no pause nearer. Failures from
+    known addresses count too; they are only never refused by this limit.
+    """
+    limiter, rate = runtime.rate_limiter, runtime.settings.rate_limit_failed_login_account
+    attempt = limiter.hit(rate, "failed-login-account", email)
+    if not attempt.allowed and not _is_known_address(runtime, email, client_ip(request)):
+        raise TooManyRequests(
+            f"too many failed logins for this account from any address; logins to it are"
+            f" paused from addresses it has not logged in from recently; retry after"
+            f" {attempt.reset_after} s (or log in from an address you used before)",
+            headers=attempt.headers(),
+        )
+
+
+def account_login_succeeded(runtime: Runtime, request: Request, email: str) -> None:
+    """The password was right: clear the account's failures and remember the address
+    (for ``refresh_token_days``, from this login) as one its owner logs in from."""
+    rate = runtime.settings.rate_limit_failed_login_account
+    runtime.rate_limiter.clear(rate, "failed-login-account", email)
+    _remember_address(runtime, email, client_ip(request))
+
+
+def _remember_address(runtime: Runtime, email: str, address: str) -> None:
+    key, storage = _known_key(email, address), runtime.rate_limiter.storage
+    try:
+        storage.clear(key)  # so that the lifetime starts again from now
+        storage.incr(key, runtime.settings.refresh_token_days * 24 * 3600)
+    except (redis.RedisError, TimeoutError) as exc:
+        # The login stands: the address is only not remembered this time.
+        log.warning("login_address_not_remembered", error=type(exc).__name__)
+
+
+def _is_known_address(runtime: Runtime, email: str, address: str) -> bool:
+    try:
+        return runtime.rate_limiter.storage.get(_known_key(email, address)) > 0
+    except (redis.RedisError, TimeoutError) as exc:
+        log.warning("login_address_not_checked", error=type(exc).__name__)
+        return False
+
+
+def _known_key(email: str, address: str) -> str:
+    # In the limiter's storage (shared by the servers when it is Redis), apart
+    # from its counters' keys, which begin with "LIMITER/".
+    return f"opsline/login-address/{email}/{address}"
 
 
 @router.post(
@@ -56,6 +114,7 @@ def signup(body: SignupIn, request: Request, response: Response, runtime: Runtim
     user, tenant, pair = service.signup(
         runtime, email=body.email, password=body.password, tenant_name=body.tenant_name
     )
+    _remember_address(runtime, user.email, client_ip(request))
     return SignupOut(
         user=UserOut.model_validate(user), tenant=TenantOut.model_validate(tenant), tokens=pair
     )
@@ -65,7 +124,8 @@ def signup(body: SignupIn, request: Request, response: Response, runtime: Runtim
 def login(body: LoginIn, request: Request, response: Response, runtime: RuntimeDep) -> TokenPair:
     _limit_ip(runtime, request, response, "login")
     limiter, rate = runtime.rate_limiter, runtime.settings.rate_limit_failed_login
-    keys = ("failed-login", _client_ip(request), service.normalize_email(body.email))
+    email = service.normalize_email(body.email)
+    keys = ("failed-login", client_ip(request), email)
     # Counted before the password is checked, so that requests sent at once cannot
     # all pass a count that only failures finished so far have raised; a login
     # that succeeds clears its count.
@@ -76,10 +136,12 @@ def login(body: LoginIn, request: Request, response: Response, runtime: RuntimeD
             f"{attempt.reset_after} s",
             headers=attempt.headers(),
         )
+    count_account_attempt(runtime, request, email)
     pair = service.login(
         runtime, email=body.email, password=body.password, tenant_id=body.tenant_id
     )
     limiter.clear(rate, *keys)
+    account_login_succeeded(runtime, request, email)
     return pair
 
 

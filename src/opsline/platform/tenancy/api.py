@@ -97,17 +97,19 @@ def revoke_invitation(invitation_id: uuid.UUID, ctx: ManageCtx) -> Response:
 def accept_invite(
     body: AcceptInviteIn, request: Request, response: Response, runtime: RuntimeDep
 ) -> TokenPair:
+    from opsline.platform.auth import api as auth_api
     from opsline.platform.auth import service as auth
 
     state = runtime.rate_limiter.enforce(
         runtime.settings.rate_limit_auth,
         "accept-invite",
-        request.client.host if request.client else "unknown",
+        auth_api.client_ip(request),
         what="invitation acceptance from this IP",
     )
     response.headers.update(state.headers())
     # An invitation to an existing account takes that account's password: its
-    # wrong guesses count as failed logins do, per invitation, whatever the IP.
+    # wrong guesses count as failed logins do, per invitation, whatever the IP, and
+    # for the account, with its logins: one may be invited any number of times.
     failures = (runtime.settings.rate_limit_failed_login, "failed-invite", digest(body.token))
     attempt = runtime.rate_limiter.hit(*failures)
     if not attempt.allowed:
@@ -115,9 +117,14 @@ def accept_invite(
             f"too many failed attempts with this invitation; retry after {attempt.reset_after} s",
             headers=attempt.headers(),
         )
+    email = service.invited_email(runtime.db, body.token)
+    if email is not None:
+        auth_api.count_account_attempt(runtime, request, email)
     user_id, tenant_id = service.accept_invitation(
         runtime.db, token=body.token, password=body.password
     )
     runtime.rate_limiter.clear(*failures)
+    if email is not None:
+        auth_api.account_login_succeeded(runtime, request, email)
     user = auth.get_user(runtime.db, user_id)
     return auth.login(runtime, email=user.email, password=body.password, tenant_id=tenant_id)

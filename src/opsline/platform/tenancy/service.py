@@ -204,6 +204,15 @@ def accept_invitation(db: Database, *, token: str, password: str) -> tuple[uuid.
         return user.id, invitation.tenant_id
 
 
+def invited_email(db: Database, token: str) -> str | None:
+    """The address an invitation was sent to; None for an unknown token, which
+    never gets as far as a password."""
+    with db.read() as session:
+        return session.scalar(
+            select(Invitation.email).where(Invitation.token_hash == tokens.digest(token))
+        )
+
+
 def _valid_invitation(session: Session, digest: str, *, lock: bool = False) -> Invitation:
     invitation = session.scalars(
         select(Invitation).where(Invitation.token_hash == digest).with_for_update(of=Invitation)
