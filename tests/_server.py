@@ -35,6 +35,9 @@ def serve(runtime: Runtime) -> Iterator[str]:
         timeout_graceful_shutdown=5,
         limit_concurrency=1000,
         backlog=2048,
+        # As ``opsline serve``: X-Forwarded-For only from the proxies configured.
+        proxy_headers=bool(runtime.settings.forwarded_allow_ips),
+        forwarded_allow_ips=runtime.settings.forwarded_allow_ips or None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
