@@ -42,6 +42,8 @@ class ChunkRef:
 class Outcome:
     processed: int
     failed: int
+    error: str | None = None
+    """Why the chunk as a whole failed, added to its run's ``error``."""
 
 
 def chunk_ids(ref: ChunkRef) -> Any:

@@ -157,12 +157,20 @@ def announce(uow: UnitOfWork, run: BulkRun) -> None:
     )
 
 
-def final_status(run: BulkRun, dead_chunks: int) -> str:
-    if run.processed == 0 and (run.failed > 0 or dead_chunks) and run.total > 0:
+def final_status(run: BulkRun, dead_chunks: int, unaccounted: int = 0) -> str:
+    """``unaccounted``: records no chunk reported on; they count as failed."""
+    failed = run.failed + unaccounted
+    if run.processed == 0 and (failed > 0 or dead_chunks) and run.total > 0:
         return "failed"
-    if run.failed or dead_chunks:
+    if failed or dead_chunks:
         return "completed_with_errors"
     return "completed"
+
+
+def _final_error(run: BulkRun, dead_chunks: int) -> str | None:
+    """What chunks said while running (a missing snapshot) and the dead chunks, if any."""
+    dead = f"{dead_chunks} chunk(s) failed after every retry" if dead_chunks else None
+    return "; ".join(e for e in (run.error, dead) if e) or None
 
 
 def finish(uow: UnitOfWork, run: BulkRun, dead_chunks: int) -> None:
@@ -171,8 +179,8 @@ def finish(uow: UnitOfWork, run: BulkRun, dead_chunks: int) -> None:
         return
     now = utcnow()
     unaccounted = max(0, run.total - run.processed - run.failed)
-    status = final_status(run, dead_chunks)
-    error = f"{dead_chunks} chunk(s) failed after every retry" if dead_chunks else None
+    status = final_status(run, dead_chunks, unaccounted)
+    error = _final_error(run, dead_chunks)
     moved = uow.session.execute(
         update(runs_table)
         .where(R.id == run.id, R.status == "running")

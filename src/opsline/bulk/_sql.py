@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
@@ -56,8 +57,6 @@ def capture(
         return value
     if isinstance(value, str):
         return value.encode()
-    import orjson
-
     return orjson.dumps(value)
 
 
@@ -165,6 +164,38 @@ def restore_insert(session: Session, table: Table, columns: Sequence[str], data:
         )
     stmt = text(sql).bindparams(bindparam("data", data.decode()))
     return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
+def held_by_another(session: Session, table: Table, columns: Sequence[str], record: bytes) -> bool:
+    """Whether a row other than ``record``'s holds its restored values of ``columns``.
+
+    ``record`` is one JSON object with ``id`` in stored form (as :func:`capture`
+    gives it); a column it leaves out counts with the row's current value (an
+    updated record keeps its other columns). Values compare as stored, so this
+    names the unique constraint a restore of ``record`` would break.
+    """
+    _check([*columns, "id"])
+    name = _quote(session, table.name)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        source, rid = "", "json_extract(:rec, '$.id')"
+    else:
+        source = f", json_populate_record(NULL::{name}, CAST(:rec AS json)) AS r"
+        rid = "r.id"
+    present = set(orjson.loads(record))
+    tests = [f"o.id <> {rid}"]
+    for column in columns:
+        quoted = _quote(session, column)
+        if column not in present:
+            value = f"(SELECT m.{quoted} FROM {name} AS m WHERE m.id = {rid})"
+        elif sqlite:
+            value = f"json_extract(:rec, '$.{column}')"
+        else:
+            value = f"r.{quoted}"
+        tests.append(f"o.{quoted} = {value}")
+    sql = f"SELECT 1 FROM {name} AS o{source} WHERE {' AND '.join(tests)} LIMIT 1"
+    stmt = text(sql).bindparams(bindparam("rec", record.decode()))
+    return session.execute(stmt).first() is not None
 
 
 def rowcount(result: object) -> int:

@@ -11,6 +11,21 @@ of the policy as the principal who undoes. Not "refuse when the run touched
 protected records": what is allowed depends on who undoes and on the records as
 they are now (an admin may not make someone owner again, nor demote an owner; an
 owner may, but not past the last owner), which only a per-record check sees.
+
+Writing back is set-based, inside a savepoint. Should the database refuse it
+(a record created since took a restored value that is unique: a product with
+the same SKU), the savepoint is rolled back and the records are written one by
+one, each in its own savepoint: the others are restored and each refused one
+fails with the constraint and the value it clashes on.
+
+A chunk whose snapshot is gone (purged) restores nothing: each record it
+covered (the original chunk's records that did not fail) fails with the reason,
+and the undo run's ``error`` names the chunk.
+
+Undo is idempotent by chunk across undo runs: a chunk restored (at least one
+record written back) by an earlier undo of the same run that was then cancelled
+is never restored again by the next undo (:func:`chunks_to_undo`,
+:func:`restored_before`).
 """
 
 from __future__ import annotations
@@ -19,18 +34,31 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Index, UniqueConstraint, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opsline.bulk import _crypto, _sql
-from opsline.bulk._apply import ChunkRef, Outcome, chunk_ids
-from opsline.bulk.models import failures_table, runs_table, snapshots_table
+from opsline.bulk._apply import ChunkRef, Outcome, chunk_ids, failed_ids, record_failures
+from opsline.bulk.models import (
+    chunks_table,
+    failures_table,
+    items_table,
+    runs_table,
+    snapshots_table,
+)
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Principal
 from opsline.platform.resources import PolicyCheck, Resource
 
 S = snapshots_table.c
 R = runs_table.c
+C = chunks_table.c
+F = failures_table.c
+I = items_table.c  # noqa: E741
+SNAPSHOT_GONE = "not restored: the undo data of its chunk is gone (expired and purged)"
+ENDED_UNDO = ("cancelled", "failed")
+"""Final states of an undo after which its run may be undone again."""
 
 
 def undo_chunk(
@@ -42,12 +70,17 @@ def undo_chunk(
     *,
     force: bool,
 ) -> Outcome:
-    """Restore ``original``'s chunk; failures are recorded under ``undo``'s run."""
+    """Restore ``original``'s chunk; failures are recorded under ``undo``'s run.
+
+    The caller holds ``undo``'s chunk guard. Every record of the snapshot ends
+    restored or failed with a reason; a missing snapshot fails the chunk
+    (:func:`_snapshot_gone`) instead of raising.
+    """
     row = session.execute(
         select(S.mode, S.data).where(S.run_id == original.run_id, S.chunk == original.chunk)
     ).first()
     if row is None:
-        return Outcome(0, 0)
+        return _snapshot_gone(session, original, undo)
     plain = _crypto.unseal(key, original.tenant_id, original.run_id, original.chunk, row.data)
     snapshot = orjson.loads(plain)
     before: list[dict[str, Any]] = snapshot["b"]
@@ -68,7 +101,7 @@ def undo_chunk(
                     "tenant_id": undo.tenant_id,
                     "chunk": undo.chunk,
                     "record_id": rid,
-                    "reason": reason,
+                    "reason": reason[:300],
                 }
                 for rid, reason in conflicts
             ],
@@ -79,19 +112,118 @@ def undo_chunk(
 Conflicts = list[tuple[uuid.UUID, str]]
 
 
+def _snapshot_gone(session: Session, original: ChunkRef, undo: ChunkRef) -> Outcome:
+    """Fail a chunk whose snapshot is gone: its records are named when still known.
+
+    The records it covered are the original chunk's selected records that did
+    not fail (those are what the snapshot held); the run's selection may be
+    purged too, so the undo run's ``error`` names the chunk either way.
+    """
+    covered = chunk_ids(original).where(I.record_id.not_in(failed_ids(original)))
+    record_failures(session, undo, covered.subquery(), SNAPSHOT_GONE)
+    failed = session.scalar(
+        select(func.count()).where(F.run_id == undo.run_id, F.chunk == undo.chunk)
+    )
+    error = (
+        f"chunk {original.chunk}: the undo data is gone (expired and purged), "
+        "its records were not restored"
+    )
+    return Outcome(0, int(failed or 0), error=error)
+
+
 def _write(
     session: Session,
     resource: Resource,
     mode: str,
     records: list[dict[str, Any]],
     tenant_id: uuid.UUID,
-) -> int:
+) -> tuple[int, Conflicts]:
+    """Write ``records`` back in one statement inside a savepoint; should the database
+    refuse it, one by one (:func:`_write_one_by_one`). Returns (restored, refused)."""
     if not records:
-        return 0
+        return 0, []
+    try:
+        with session.begin_nested():
+            return _write_set(session, resource, mode, records, tenant_id), []
+    except IntegrityError:
+        return _write_one_by_one(session, resource, mode, records, tenant_id)
+
+
+def _write_set(
+    session: Session,
+    resource: Resource,
+    mode: str,
+    records: list[dict[str, Any]],
+    tenant_id: uuid.UUID,
+) -> int:
     columns, data = list(records[0]), orjson.dumps(records)
     if mode == "delete":
         return _sql.restore_insert(session, resource.table, columns, data)
     return _sql.restore_update(session, resource.table, columns, data, tenant_id)
+
+
+def _write_one_by_one(
+    session: Session,
+    resource: Resource,
+    mode: str,
+    records: list[dict[str, Any]],
+    tenant_id: uuid.UUID,
+) -> tuple[int, Conflicts]:
+    """Each record in its own savepoint: a refused one fails with why, the rest go ahead."""
+    done, refused = 0, []
+    for record in records:
+        try:
+            with session.begin_nested():
+                done += _write_set(session, resource, mode, [record], tenant_id)
+        except IntegrityError as exc:
+            rid = uuid.UUID(str(record["id"]))
+            refused.append((rid, _refusal(session, resource, record, exc)))
+    return done, refused
+
+
+def _refusal(
+    session: Session, resource: Resource, record: dict[str, Any], exc: IntegrityError
+) -> str:
+    """Why the database refused to restore ``record``: the unique constraint and the
+    values a record created (or changed) since holds, else the database's own words."""
+    data = orjson.dumps(record)
+    for name, columns in _unique_column_sets(resource):
+        restored = [c for c in columns if c in record and c != "tenant_id"]
+        if restored and _sql.held_by_another(session, resource.table, columns, data):
+            values = " and ".join(f"{c} {record[c]!r}" for c in restored)
+            scope = "unique per tenant" if "tenant_id" in columns else "unique"
+            named = f"{scope}: {name}" if name else scope
+            clash = f"another {resource.name} record with {values} exists now"
+            return f"not restored: {clash} ({named})"
+    said = (str(exc.orig).strip().splitlines() or [""])[0]
+    return f"not restored: refused by the database ({type(exc.orig).__name__}: {said})"
+
+
+def _unique_column_sets(resource: Resource) -> list[tuple[str | None, list[str]]]:
+    """(name, columns) of each unique constraint and plain unique index but the key.
+
+    Partial and expression indexes are left out: comparing their columns alone
+    would name a clash that is not one.
+    """
+    table = resource.table
+    found: list[tuple[str | None, list[str]]] = []
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint):
+            found.append((_name(constraint.name), [c.name for c in constraint.columns]))
+    for index in table.indexes:
+        if index.unique and _is_plain(index):
+            found.append((_name(index.name), [c.name for c in index.columns]))
+    return found
+
+
+def _is_plain(index: Index) -> bool:
+    options = index.dialect_kwargs.items()
+    partial = any(key.endswith("_where") and value is not None for key, value in options)
+    return not partial and len(index.expressions) == len(index.columns)
+
+
+def _name(name: object) -> str | None:
+    return str(name) if isinstance(name, str) else None
 
 
 def _restore(
@@ -107,7 +239,7 @@ def _restore(
     """
     policy, hook = resource.policy, resource.before_change
     if policy is None and hook is None:
-        return _write(session, resource, mode, keep, undo.tenant_id), []
+        return _write(session, resource, mode, keep, undo.tenant_id)
     principal = _undoer(session, undo)
     done, refused = 0, []
     for changes, records in _by_restored_values(resource, keep):
@@ -118,7 +250,8 @@ def _restore(
         if hook is not None and mode != "delete" and allowed:
             going = [rid for rid in ids if rid not in said]
             hook(PolicyCheck(session, principal, "update", going, changes))
-        done += _write(session, resource, mode, allowed, undo.tenant_id)
+        written, clashed = _write(session, resource, mode, allowed, undo.tenant_id)
+        done, refused = done + written, refused + clashed
     return done, refused
 
 
@@ -187,3 +320,44 @@ def _deleted_to_restore(
         else:
             keep.append(record)
     return keep, conflicts
+
+
+def _restored_chunks(tenant_id: uuid.UUID, original_id: uuid.UUID) -> Any:
+    """Chunks of run ``original_id`` that an earlier undo, since ended, restored.
+
+    Only an undo that was cancelled or failed lets its run be undone again, so
+    only those are looked at (through the ``(tenant_id, status)`` index). A
+    chunk whose every record was skipped (changed since, refused) restored
+    nothing: it may be tried again.
+    """
+    earlier = select(R.id).where(
+        R.tenant_id == tenant_id, R.status.in_(ENDED_UNDO), R.undo_of == original_id
+    )
+    return select(C.chunk).where(C.run_id.in_(earlier), C.processed > 0)
+
+
+def chunks_to_undo(
+    session: Session, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> list[tuple[int, int]]:
+    """(chunk, records changed) of the run's applied chunks, less those restored before.
+
+    Read from the chunk marks, not from the snapshots: a chunk whose snapshot
+    is gone is still undone, and fails with the reason, rather than skipped
+    unseen.
+    """
+    rows = session.execute(
+        select(C.chunk, C.processed)
+        .where(
+            C.run_id == run_id,
+            C.processed > 0,
+            C.chunk.not_in(_restored_chunks(tenant_id, run_id)),
+        )
+        .order_by(C.chunk)
+    )
+    return [(row.chunk, row.processed) for row in rows]
+
+
+def restored_before(session: Session, original: ChunkRef) -> bool:
+    """Whether an earlier undo of ``original``'s run restored this chunk already."""
+    done = _restored_chunks(original.tenant_id, original.run_id).where(C.chunk == original.chunk)
+    return session.execute(done.limit(1)).first() is not None

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, literal, select, update
+from sqlalchemy.orm import Session
 
-from opsline.bulk import _crypto, _runs, _start, events
+from opsline.bulk import _crypto, _runs, _sql, _start, events
 from opsline.bulk._apply import ChunkRef, Outcome, apply_chunk
 from opsline.bulk._plan import build_plan
+from opsline.bulk._undo import restored_before
 from opsline.bulk._undo import undo_chunk as undo_one_chunk
 from opsline.bulk.models import (
     BulkRun,
@@ -27,6 +30,7 @@ from opsline.bulk.models import (
     runs_table,
     snapshots_table,
 )
+from opsline.bulk.schemas import ACTIVE_STATUSES
 from opsline.db import UnitOfWork, as_utc, utcnow
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Principal
@@ -41,6 +45,7 @@ from opsline.platform.resources import find_resource
 log = structlog.get_logger(__name__)
 C = chunks_table.c
 R = runs_table.c
+S = snapshots_table.c
 DEFER_SECONDS = 5.0
 """Delay before a scheduled run held back by the concurrent-runs limit tries again."""
 
@@ -68,14 +73,17 @@ def _record(uow: UnitOfWork, run: BulkRun, chunk: int, outcome: Outcome) -> None
         .where(C.run_id == run.id, C.chunk == chunk)
         .values(processed=outcome.processed, failed=outcome.failed)
     )
+    values: dict[str, object] = {
+        "processed": R.processed + outcome.processed,
+        "failed": R.failed + outcome.failed,
+        "updated_at": now,
+    }
+    if outcome.error:
+        values["error"] = _appended_error(outcome.error)
     moved = uow.session.execute(
         update(runs_table)
         .where(R.id == run.id, R.status == "running")
-        .values(
-            processed=R.processed + outcome.processed,
-            failed=R.failed + outcome.failed,
-            updated_at=now,
-        )
+        .values(values)
         .returning(R.processed, R.failed)
     ).first()
     if moved is None:
@@ -83,6 +91,11 @@ def _record(uow: UnitOfWork, run: BulkRun, chunk: int, outcome: Outcome) -> None
     run.processed, run.failed = moved.processed, moved.failed
     publish(uow, events.BulkActionProgress(**_runs.event_fields(run)))
     _runs.announce(uow, run)
+
+
+def _appended_error(note: str) -> ColumnElement[str]:
+    """The run's ``error`` with ``note`` added (chunks of one run may each add one)."""
+    return func.coalesce(R.error + literal("; ") + literal(note), literal(note))
 
 
 def _principal(run: BulkRun) -> Principal:
@@ -114,19 +127,26 @@ def apply_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
 
 @job("bulk.undo_chunk", max_attempts=5)
 def undo_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
-    """Undo one chunk of the original run of undo run ``run_id`` (idempotent like apply)."""
+    """Undo one chunk of the original run of undo run ``run_id`` (idempotent like apply).
+
+    Idempotent across undo runs too: a chunk an earlier (cancelled) undo of the
+    same run restored is left alone (its undo never queued it; this guards a
+    stray delivery).
+    """
     key = _crypto.undo_key(ctx.settings)
     try:
         with ctx.unit_of_work() as uow:
             run = uow.session.get(BulkRun, run_id)
-            if run is None or run.status != "running" or not _claim(uow, run_id, chunk):
+            if run is None or run.status != "running" or run.undo_of is None:
+                return
+            original = ChunkRef(run.undo_of, run.tenant_id, chunk)
+            if restored_before(uow.session, original) or not _claim(uow, run_id, chunk):
                 return
             # Counters move only by SQL increments; this copy must never be flushed back.
             uow.session.expunge(run)
             resource = find_resource(run.resource)
-            if resource is None or run.undo_of is None:
+            if resource is None:
                 raise LookupError(f"resource {run.resource!r} is no longer registered")
-            original = ChunkRef(run.undo_of, run.tenant_id, chunk)
             mine = ChunkRef(run.id, run.tenant_id, chunk)
             outcome = undo_one_chunk(uow.session, resource, original, mine, key, force=run.force)
             _record(uow, run, chunk, outcome)
@@ -212,28 +232,59 @@ def _defer(uow: UnitOfWork, run: BulkRun, at: datetime) -> None:
     )
 
 
+def _undo_pending(run_id: ColumnElement[uuid.UUID] | uuid.UUID) -> Select[Any]:
+    """A run whose undo (its ``undone_by``) is queued or running: its undo data is in use."""
+    undo = runs_table.alias("pending_undo")
+    original = runs_table.alias("undone_run")
+    return (
+        select(literal(1))
+        .select_from(original)
+        .join(undo, undo.c.id == original.c.undone_by)
+        .where(original.c.id == run_id, undo.c.status.in_(ACTIVE_STATUSES))
+    )
+
+
+def _purge_run(session: Session, run_id: uuid.UUID, now: datetime) -> int:
+    """Purge one expired run's undo data unless its undo is pending; returns snapshots.
+
+    The run's row is locked first, as :func:`service.undo_run` locks it: an undo
+    starting meanwhile either commits first (and is seen here, in a statement
+    after the lock) or finds the undo data purged (409).
+    """
+    locked = session.execute(
+        select(R.id)
+        .where(R.id == run_id, R.undo_expires_at.is_not(None), R.undo_expires_at <= now)
+        .with_for_update()
+    ).first()
+    if locked is None or session.execute(_undo_pending(run_id)).first() is not None:
+        return 0
+    removed = _sql.rowcount(session.execute(delete(snapshots_table).where(S.run_id == run_id)))
+    session.execute(delete(items_table).where(items_table.c.run_id == run_id))
+    session.execute(delete(chunks_table).where(C.run_id == run_id))
+    session.execute(update(runs_table).where(R.id == run_id).values(undo_expires_at=None))
+    return removed
+
+
 @periodic("17 * * * *")
 @job("bulk.purge_expired", max_attempts=3)
 def purge_expired(ctx: JobContext) -> int:
-    """Delete undo snapshots past their expiry, with the run's selection and chunk marks."""
+    """Delete undo snapshots past their expiry, with the run's selection and chunk marks.
+
+    A run whose undo is queued or running keeps them until that undo ends (the
+    next purge takes them). Returns how many snapshots were deleted.
+    """
     now = utcnow()
-    S = snapshots_table.c
     with ctx.unit_of_work() as uow:
-        expired = [
-            row.id
-            for row in uow.session.execute(
-                select(R.id).where(R.undo_expires_at.is_not(None), R.undo_expires_at <= now)
+        expired = uow.session.scalars(
+            select(R.id).where(
+                R.undo_expires_at.is_not(None),
+                R.undo_expires_at <= now,
+                ~_undo_pending(R.id).exists(),
             )
-        ]
-        removed = 0
-        for run_id in expired:
-            removed += uow.session.execute(  # type: ignore[attr-defined]
-                delete(snapshots_table).where(S.run_id == run_id)
-            ).rowcount
-            uow.session.execute(delete(items_table).where(items_table.c.run_id == run_id))
-            uow.session.execute(delete(chunks_table).where(C.run_id == run_id))
-            uow.session.execute(
-                update(runs_table).where(R.id == run_id).values(undo_expires_at=None)
-            )
-        uow.session.execute(delete(snapshots_table).where(S.expires_at <= now))
+        ).all()
+        removed = sum(_purge_run(uow.session, run_id, now) for run_id in expired)
+        stray = delete(snapshots_table).where(
+            S.expires_at <= now, ~_undo_pending(S.run_id).exists()
+        )
+        removed += _sql.rowcount(uow.session.execute(stray))
     return removed

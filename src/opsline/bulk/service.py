@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from opsline.bulk import _confirm, _preview, _runs, _start, events
+from opsline.bulk import _confirm, _preview, _runs, _start, _undo, events
 from opsline.bulk._spec import (
     Spec,
     build_spec,
@@ -26,8 +27,9 @@ from opsline.bulk._spec import (
     resource_for,
 )
 from opsline.bulk.errors import BulkLimitExceeded, InvalidBulkRequest, RunStateConflict
-from opsline.bulk.models import BulkRun, failures_table, runs_table, snapshots_table
+from opsline.bulk.models import BulkRun, failures_table, runs_table
 from opsline.bulk.schemas import (
+    ACTIVE_STATUSES,
     BulkRequest,
     FailureOut,
     PreviewOut,
@@ -343,19 +345,18 @@ def cancel_run(ctx: Context, run_id: uuid.UUID) -> RunOut:
 
 
 def undo_run(ctx: Context, run_id: uuid.UUID, *, force: bool = False) -> RunOut:
-    """Start the undo of a run as its own run (a batch of one job per snapshot chunk)."""
+    """Start the undo of a run as its own run (a batch of one job per changed chunk).
+
+    A run whose undo was cancelled or failed may be undone again: the new undo
+    leaves out the chunks the earlier one restored. 409 while an undo of it is
+    running, once it was undone, or when its undo data expired.
+    """
     with ctx.db.unit_of_work() as uow:
         run = _runs.get_run(uow.session, ctx.tenant_id, run_id)
         run = _runs.lock_run(uow.session, run_id) or run
-        _check_undoable(ctx, run)
+        _check_undoable(ctx, uow.session, run)
         _check_concurrency(ctx, uow.session)
-        S = snapshots_table.c
-        chunks = [
-            (row.chunk, row.records)
-            for row in uow.session.execute(
-                select(S.chunk, S.records).where(S.run_id == run.id).order_by(S.chunk)
-            )
-        ]
+        chunks = _undo.chunks_to_undo(uow.session, ctx.tenant_id, run.id)
         undo = _undo_row(ctx, run, force)
         uow.session.add(undo)
         run.undone_by = undo.id
@@ -363,7 +364,7 @@ def undo_run(ctx: Context, run_id: uuid.UUID, *, force: bool = False) -> RunOut:
     return _runs.to_out(undo)
 
 
-def _check_undoable(ctx: Context, run: BulkRun) -> None:
+def _check_undoable(ctx: Context, session: Session, run: BulkRun) -> None:
     check_permission(ctx.principal, resource_for(run.resource), run.action)
     if run.kind == "undo":
         raise RunStateConflict("an undo cannot be undone")
@@ -373,10 +374,23 @@ def _check_undoable(ctx: Context, run: BulkRun) -> None:
         raise RunStateConflict(f"run {run.id} never started: there is nothing to undo")
     if run.undo_expires_at is None or as_utc(run.undo_expires_at) <= utcnow():
         raise RunStateConflict(f"the undo data of run {run.id} expired and was purged")
-    if run.undone_by is not None:
-        raise RunStateConflict(f"run {run.id} was already undone by run {run.undone_by}")
     if run.status in ("scheduled", "running"):
         raise RunStateConflict(f"run {run.id} is {run.status}; cancel it or wait for it to end")
+    if run.undone_by is not None:
+        _check_earlier_undo(session, run, run.undone_by)
+
+
+def _check_earlier_undo(session: Session, run: BulkRun, undo_id: uuid.UUID) -> None:
+    """409 unless the last undo of ``run`` ended without finishing (cancelled, failed)."""
+    status = session.scalar(select(R.status).where(R.id == undo_id))
+    if status in _undo.ENDED_UNDO:
+        return
+    if status in ACTIVE_STATUSES:
+        raise RunStateConflict(
+            f"run {run.id} is being undone by run {undo_id}, which is still {status}: "
+            "wait for it to end, or cancel it and undo again"
+        )
+    raise RunStateConflict(f"run {run.id} was already undone by run {undo_id} ({status})")
 
 
 def _undo_row(ctx: Context, run: BulkRun, force: bool) -> BulkRun:
