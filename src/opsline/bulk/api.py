@@ -209,10 +209,20 @@ def cancel(run_id: uuid.UUID, ctx: BulkCtx) -> RunOut:
     return service.cancel_run(ctx, run_id)
 
 
-@router.post("/runs/{run_id}/undo", response_model=RunOut, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/runs/{run_id}/undo",
+    response_model=RunOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Undo a run from its snapshots (as a run of its own)",
+)
 def undo(
     run_id: uuid.UUID, ctx: BulkCtx, request: Request, body: UndoRequest | None = None
 ) -> RunOut:
+    """Records changed since the run are skipped and reported unless ``force``; a
+    record the database refuses to restore (its unique value taken since) fails
+    with the reason while the rest are restored. 409 while the run or an undo of it
+    is running, once it was undone, or after its undo data expired; an undo that was
+    cancelled or failed may be followed by a new one, which skips what it restored."""
     _limit(request, ctx)
     return service.undo_run(ctx, run_id, force=body.force if body else False)
 
