@@ -38,8 +38,11 @@ def limiter_backend(request: pytest.FixtureRequest) -> dict[str, object]:
 
 @pytest.fixture
 def settings_overrides(limiter_backend: dict[str, object]) -> dict[str, object]:
+    # Hourly windows: the limiter's sliding window counter weighs the previous
+    # window's hits by its key's remaining lifetime, so counts that straddle a
+    # window's end are approximate; a minute's end fell inside a test once.
     return {
-        "rate_limit_failed_login": "3/minute",
+        "rate_limit_failed_login": "3/hour",
         "rate_limit_failed_login_account": "5/hour",
         **limiter_backend,
     }
@@ -259,8 +262,8 @@ def serve_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLINE_")}
     env.update(settings_env(settings))
     env.update(
-        OPSLINE_RATE_LIMIT_FAILED_LOGIN="1/minute",
-        OPSLINE_RATE_LIMIT_FAILED_LOGIN_ACCOUNT="100000/minute",
+        OPSLINE_RATE_LIMIT_FAILED_LOGIN="1/hour",
+        OPSLINE_RATE_LIMIT_FAILED_LOGIN_ACCOUNT="100000/hour",
         OPSLINE_EMBEDDED_WORKERS="0",
         OPSLINE_EMBEDDED_SCHEDULER="false",
     )

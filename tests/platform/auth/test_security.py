@@ -182,7 +182,7 @@ def test_viewer_calling_a_write_endpoint_is_403(app_client: TestClient) -> None:
 
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {"rate_limit_failed_login": "3/minute", "rate_limit_api": "100000/minute"}
+    return {"rate_limit_failed_login": "3/hour", "rate_limit_api": "100000/minute"}
 
 
 def test_repeated_failed_logins_are_429(app_client: TestClient) -> None:
