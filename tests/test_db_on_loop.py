@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.exc import DBAPIError
 
-import opsline.db
+import opsline._connections
 from opsline.db import Database, values_insert
 from opsline.platform.runtime import Runtime
 
@@ -170,7 +170,7 @@ def test_a_connection_that_died_while_idle_is_replaced_before_use(
     def kill_then_use() -> tuple[int, int]:
         dead = _backend_pid(db)
         _terminate(db, dead)
-        monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        monkeypatch.setattr(opsline._connections, "PING_AFTER_IDLE_SECONDS", 0.0)
         return dead, _backend_pid(db)
 
     [(dead, used)] = _on_one_loop(db, kill_then_use)
@@ -195,7 +195,7 @@ def test_a_connection_used_a_moment_ago_is_not_pinged(
             _backend_pid(db)
 
     def use_after_idle() -> None:
-        monkeypatch.setattr(opsline.db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        monkeypatch.setattr(opsline._connections, "PING_AFTER_IDLE_SECONDS", 0.0)
         _backend_pid(db)
 
     _on_one_loop(db, use_five_times)

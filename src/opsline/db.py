@@ -37,20 +37,23 @@ the event loop: inside it, sessions and connections come from an asyncio engine
 of that loop and each statement awaits its round trip (SQLAlchemy's greenlet
 bridge), so a request's work needs no thread and never hands the GIL over
 while it waits on the database.
+
+The statements a unit of work builds and runs (held-back writes as CTEs, their
+guards, statements straight on the DB-API cursor) are in
+:mod:`opsline._statements`; engines, SQLite's connection set-up and write lock,
+and the sessions bound to an engine in :mod:`opsline._connections`. The names
+other modules use from them are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import keyword
 import os
-import sqlite3
 import threading
 import time
 import uuid
 import weakref
-from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -60,39 +63,26 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import structlog
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Insert,
-    Integer,
-    MetaData,
-    Table,
-    TypeDecorator,
-    Uuid,
-    bindparam,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    union_all,
-)
+from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.sql.base import Executable
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import BindParameter, ClauseElement
-from sqlalchemy.sql.selectable import HasCTE, Select
-from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.sql.selectable import Select
 from sqlalchemy.util import greenlet_spawn
 
+from opsline._connections import WriteLockBusy as WriteLockBusy
+from opsline._connections import _Binds, _create_engine, _ping_when_idle, _pool_options
+from opsline._connections import prepare_sqlite_connection as prepare_sqlite_connection
+from opsline._connections import spin_begin_immediate as spin_begin_immediate
+from opsline._statements import _carrying, _closing, _failed_guard, _rows, _run_write
+from opsline._statements import _direct as _direct
+from opsline._statements import values_insert as values_insert
 from opsline.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
 
 log = structlog.get_logger(__name__)
 P = ParamSpec("P")
@@ -165,46 +155,6 @@ class Base(DeclarativeBase):
         uuid.UUID: Uuid(),
         dict[str, Any]: JSON(),
     }
-
-
-class WriteLockBusy(Exception):
-    """``unit_of_work(wait=False)`` found the write lock taken; nothing was done."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Binds:
-    """The sessions and the autocommit lookups of one engine."""
-
-    sessions: sessionmaker[Session]
-    # Every transaction of theirs begins only if SQLite's write lock is free at
-    # once (WriteLockBusy if not): after a rollback too, not just the first.
-    no_wait_sessions: sessionmaker[Session]
-    read_sessions: sessionmaker[Session]
-    lookups: Engine
-
-    @classmethod
-    def of(cls, engine: Engine, *, sqlite: bool, lookups: Engine | None = None) -> _Binds:
-        """``lookups``: an engine whose connections are in autocommit for good;
-        without it, ``engine``'s connections are switched to it for each lookup."""
-        if lookups is None:
-            # SQLite: our begin hook skips BEGIN; PostgreSQL: psycopg's autocommit.
-            lookups = (
-                engine.execution_options(opsline_no_transaction=True)
-                if sqlite
-                else engine.execution_options(isolation_level="AUTOCOMMIT")
-            )
-        return cls(
-            sessions=sessionmaker(engine, expire_on_commit=False, autoflush=True),
-            no_wait_sessions=sessionmaker(
-                engine.execution_options(opsline_no_wait=True),
-                expire_on_commit=False,
-                autoflush=True,
-            ),
-            read_sessions=sessionmaker(
-                engine.execution_options(opsline_read_only=True), expire_on_commit=False
-            ),
-            lookups=lookups,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +323,7 @@ class Database:
     def fetch(self, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
         """All rows of a one-statement read on a :meth:`read_connection`, by column name.
 
-        On SQLite straight from the DB-API cursor where it can (see ``_Direct``),
+        On SQLite straight from the DB-API cursor where it can (``_statements._Direct``),
         for the reads of the hottest paths.
         """
         with self.read_connection() as conn:
@@ -408,10 +358,6 @@ class _Guard:
     slot: int
     expect: int
     otherwise: Callable[[], BaseException]
-
-
-# Raised by opsline_expect (migration 0007) when a guard fails; its detail is the guard's number.
-GUARD_FAILED = "OL001"
 
 
 class UnitOfWork:
@@ -548,7 +494,7 @@ class UnitOfWork:
 
     def fetch(self, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
         """:meth:`execute`'s rows, by column name (an INSERT's RETURNING, say); on
-        SQLite straight from the DB-API cursor where it can (see ``_Direct``)."""
+        SQLite straight from the DB-API cursor where it can (``_statements._Direct``)."""
         if not self._postgres:
             return _rows(self.connection, statement, params)
         return cast(Sequence[Any], self.execute(statement, params).all())
@@ -668,484 +614,6 @@ class UnitOfWork:
                 # The transaction is durable; a failed side effect must not turn
                 # a committed use case into an error for its caller.
                 log.exception("after_commit_failed", callback=getattr(callback, "__name__", ""))
-
-
-def _rows(conn: Connection, statement: Executable, params: Mapping[str, Any]) -> Sequence[Any]:
-    """``statement``'s rows by column name: from the DB-API cursor where it can (SQLite)."""
-    direct = _direct(statement, conn)
-    if direct is not None and direct.covers(params):
-        return direct.run(conn, params)
-    return conn.execute(statement, params).all()
-
-
-def _run_write(
-    conn: Connection, statement: Executable, params: Mapping[str, Any], *, count_rows: bool
-) -> int:
-    """Run a write now; the number of rows it returned if ``count_rows``.
-
-    Straight on the DB-API cursor where it can (see :class:`_Direct`): nothing
-    SQLAlchemy's execution path does (result objects, typed rows) is wanted by
-    a write whose outcome is at most a row count.
-    """
-    direct = _direct(statement, conn, typed_rows=False)
-    if direct is None or not direct.covers(params):
-        result = conn.execute(statement, params)
-        return len(result.all()) if count_rows else 0
-    rows = direct.run(conn, params, typed=False)
-    return len(rows) if count_rows else 0
-
-
-_REQUIRED: Any = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Direct:
-    """A statement compiled once for the DB-API cursor.
-
-    SQLAlchemy's execution path costs some 30 µs a statement on SQLite, about
-    what SQLite takes to run a short insert or an indexed lookup itself, and on
-    PostgreSQL a statement carrying a dozen writes spends longer building its
-    parameters than psycopg takes to send it. For the hottest paths a statement
-    is compiled once into its SQL, each parameter's name, value when not given
-    (a value bound in the statement) and conversion, and each result column's
-    name and conversion: SQLAlchemy's own bind and result processors, from the
-    types (on PostgreSQL, whose result processors depend on the type the server
-    reports, once per set of reported types). Rows come back as named tuples.
-    While anything listens to the engine's statements (``before_cursor_execute``:
-    tests, tracing) statements go through SQLAlchemy, so that they are seen.
-    """
-
-    sql: str
-    names: tuple[str, ...]
-    defaults: tuple[Any, ...]
-    converters: tuple[Callable[[Any], Any] | None, ...]
-    named: bool  # the DB-API takes a mapping (PostgreSQL), not a sequence (SQLite)
-    # The result columns (SELECT, RETURNING): their types, and a named tuple of
-    # their names (None when the names can't be a named tuple's: no typed rows).
-    types: tuple[TypeEngine[Any], ...]
-    row: type[tuple[Any, ...]] | None
-    # The result processors by the type codes the cursor reported (SQLite: none).
-    readers: dict[tuple[Any, ...], tuple[Callable[[Any], Any] | None, ...]]
-
-    def covers(self, params: Mapping[str, Any]) -> bool:
-        return all(
-            name in params or default is not _REQUIRED
-            for name, default in zip(self.names, self.defaults, strict=True)
-        )
-
-    def run(self, conn: Connection, params: Mapping[str, Any], *, typed: bool = True) -> list[Any]:
-        """The statement's rows: typed as SQLAlchemy's if ``typed``, else as the DB-API's."""
-        values = [
-            value if convert is None else convert(value)
-            for value, convert in zip(
-                map(params.get, self.names, self.defaults), self.converters, strict=True
-            )
-        ]
-        bound: Any = dict(zip(self.names, values, strict=True)) if self.named else values
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(self.sql, bound)
-            description = cursor.description
-            rows = cast(list[Any], cursor.fetchall()) if description is not None else []
-        except conn.dialect.loaded_dbapi.Error as exc:
-            # A lost connection is found and invalidated by the unit's rollback.
-            # Its values hidden as the engine hides them: they can be customers' data.
-            raise DBAPIError.instance(
-                self.sql,
-                bound,
-                exc,
-                conn.dialect.loaded_dbapi.Error,
-                hide_parameters=conn.engine.hide_parameters,
-                dialect=conn.dialect,
-            ) from exc
-        finally:
-            cursor.close()
-        if not typed or self.row is None or not rows:
-            return rows
-        codes = tuple(column[1] for column in description)
-        readers = self.readers.get(codes)
-        if readers is None:
-            dialect = conn.dialect
-            readers = tuple(
-                t.dialect_impl(dialect).result_processor(dialect, code)
-                for t, code in zip(self.types, codes, strict=True)
-            )
-            if len(self.readers) < 8:  # one set, bar a type made again (an enum's oid)
-                self.readers[codes] = readers
-        make = self.row._make  # type: ignore[attr-defined]
-        if not any(readers):
-            return [make(raw) for raw in rows]
-        return [
-            make([v if read is None else read(v) for v, read in zip(raw, readers, strict=True)])
-            for raw in rows
-        ]
-
-
-# By the statement's id and dialect; the statement is kept, so that its id is not reused.
-_DIRECT: dict[tuple[int, str], tuple[Executable, _Direct | None]] = {}
-_DIRECT_MAX = 512
-
-
-def _direct(statement: Executable, conn: Connection, *, typed_rows: bool = True) -> _Direct | None:
-    """``statement`` compiled for ``conn``'s DB-API cursor, or None where only
-    SQLAlchemy runs it: a statement listener; typed rows wanted of columns
-    without plain names; expanding or callable parameters, escaped parameter
-    names, values computed in Python."""
-    dialect = conn.dialect
-    if conn.dispatch.before_cursor_execute:
-        return None
-    key = (id(statement), dialect.name)
-    found = _DIRECT.get(key)
-    if found is not None and found[0] is statement:
-        direct = found[1]
-    else:
-        direct = _compile_direct(statement, dialect)
-        if len(_DIRECT) >= _DIRECT_MAX:
-            _DIRECT.clear()  # statements are module constants or cached shapes: refilled at once
-        _DIRECT[key] = (statement, direct)
-    if direct is not None and typed_rows and direct.types and direct.row is None:
-        return None
-    return direct
-
-
-def _compile_direct(statement: Executable, dialect: Dialect) -> _Direct | None:
-    compiled = cast(ClauseElement, statement).compile(dialect=dialect)
-    if (
-        not isinstance(compiled, SQLCompiler)
-        or compiled.literal_execute_params
-        or compiled.post_compile_params
-        or compiled.insert_prefetch
-        or compiled.update_prefetch
-        or compiled.escaped_bind_names
-    ):
-        return None
-    if compiled.positional:
-        if compiled.positiontup is None:
-            return None
-        names = tuple(compiled.positiontup)
-    else:
-        names = tuple(compiled.binds)
-    binds = [compiled.binds[name] for name in names]
-    if any(bind.callable is not None for bind in binds):
-        return None
-    columns: list[Any] = []
-    if isinstance(statement, Select):
-        columns = list(statement.selected_columns)
-    elif compiled.isinsert or compiled.isupdate or compiled.isdelete:
-        columns = list(getattr(statement, "_returning", ()))
-    else:
-        return None
-    keys = [column.key for column in columns]
-    plain = (
-        bool(keys)
-        and all(
-            isinstance(k, str)
-            and k.isidentifier()
-            and not k.startswith("_")
-            and not keyword.iskeyword(k)
-            for k in keys
-        )
-        and len(set(keys)) == len(keys)
-    )
-    types = tuple(column.type for column in columns)
-    return _Direct(
-        compiled.string,
-        names,
-        tuple(_REQUIRED if bind.required else bind.value for bind in binds),
-        tuple(bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds),
-        not compiled.positional,
-        types,
-        namedtuple("Row", keys) if plain else None,
-        {}
-        if dialect.name != "sqlite"
-        else {
-            (None,) * len(types): tuple(
-                t.dialect_impl(dialect).result_processor(dialect, None) for t in types
-            )
-        },
-    )
-
-
-def values_insert(
-    table: Table, rows: Sequence[Mapping[str, Any]], *, returning: tuple[str, ...] = ()
-) -> tuple[Insert, dict[str, Any]]:
-    """One INSERT of ``rows`` (same keys each), and its parameters.
-
-    Every value is a named parameter, as :meth:`UnitOfWork.execute_later` and
-    :meth:`UnitOfWork.execute` need; the statement is built once per table,
-    columns, number of rows and ``returning`` columns.
-    """
-    columns = tuple(rows[0])
-    params = {f"{column}_{i}": row[column] for i, row in enumerate(rows) for column in columns}
-    return _values_insert(table, columns, len(rows), returning), params
-
-
-@functools.lru_cache(maxsize=256)
-def _values_insert(
-    table: Table, columns: tuple[str, ...], count: int, returning: tuple[str, ...]
-) -> Insert:
-    def value(column: str, i: int) -> BindParameter[Any]:
-        return bindparam(f"{column}_{i}", type_=table.c[column].type)
-
-    # One row as VALUES, more as SELECTs joined by UNION ALL: a multi-row
-    # VALUES list has no cache key in SQLAlchemy, so it would compile every time.
-    if count == 1:
-        stmt = insert(table).values({column: value(column, 0) for column in columns})
-    else:
-        rows = [select(*(value(column, i) for column in columns)) for i in range(count)]
-        stmt = insert(table).from_select(columns, union_all(*rows))
-    if returning:
-        return stmt.returning(*(table.c[column] for column in returning))
-    # inline: defaults the database computes are not fetched (fits in a CTE).
-    return stmt.inline()
-
-
-def _carrying(
-    statement: Executable,
-    params: Mapping[str, Any],
-    later: list[tuple[Executable, Mapping[str, Any]]],
-) -> tuple[Executable, dict[str, Any]]:
-    """``statement`` with the ``later`` writes as data-modifying CTEs, and all parameters.
-
-    Every statement's parameters get a prefix of its own (``c_`` for the carrier,
-    ``w<n>_`` for the writes), so that equal names never meet: SQLAlchemy also
-    reads an INSERT's columns from the names of the parameters it is given.
-    """
-    if not later:
-        return statement, dict(params)
-    merged = {f"c_{name}": value for name, value in params.items()}
-    for slot, (_, values) in enumerate(later):
-        merged.update({f"w{slot}_{name}": value for name, value in values.items()})
-    return _with_ctes(statement, tuple(s for s, _ in later)), merged
-
-
-@functools.lru_cache(maxsize=512)
-def _with_ctes(statement: Executable, later: tuple[Executable, ...]) -> Executable:
-    # Built once per combination (statements are module constants or cached
-    # shapes): a reused statement object keeps its cache key and compiled form.
-    ctes = [_prefixed(s, f"w{slot}_").cte(f"w{slot}") for slot, s in enumerate(later)]
-    return cast(Executable, cast(HasCTE, _prefixed(statement, "c_")).add_cte(*ctes))
-
-
-def _closing(
-    later: list[tuple[Executable, Mapping[str, Any]]],
-    guards: tuple[tuple[int, int], ...],
-    returned: tuple[int, ...],
-) -> tuple[Executable, dict[str, Any]]:
-    """The ``later`` statements as one SELECT, and all their parameters.
-
-    Writes become its data-modifying CTEs, held-back SELECTs (a ``pg_notify``)
-    give it their columns, each guard's check is a column of it, and so is each
-    column that the writes in ``returned`` (slots of ``later``) return
-    (``r<slot>_<name>``).
-    """
-    merged: dict[str, Any] = {}
-    for slot, (_, values) in enumerate(later):
-        merged.update({f"w{slot}_{name}": value for name, value in values.items()})
-    for number, (_, expect) in enumerate(guards):
-        merged[f"g{number}"] = expect
-    slots = tuple(slot for slot, _ in guards)
-    return _closing_select(tuple(s for s, _ in later), slots, returned), merged
-
-
-@functools.lru_cache(maxsize=256)
-def _closing_select(
-    later: tuple[Executable, ...], slots: tuple[int, ...], returned: tuple[int, ...]
-) -> Executable:
-    ctes: dict[int, Any] = {}
-    columns: list[Any] = []
-    for slot, statement in enumerate(later):
-        prefixed = _prefixed(statement, f"w{slot}_")
-        if isinstance(statement, Select) and slot not in slots:
-            columns.extend(
-                column.label(f"s{slot}_{i}") for i, column in enumerate(prefixed.selected_columns)
-            )
-        else:
-            ctes[slot] = prefixed.cte(f"w{slot}")
-    for slot in returned:
-        columns.extend(
-            select(column).scalar_subquery().label(f"r{slot}_{column.key}")
-            for column in ctes[slot].c
-        )
-    checks = [
-        func.opsline_expect(
-            select(func.count()).select_from(ctes[slot]).scalar_subquery()
-            == bindparam(f"g{number}", type_=Integer()),
-            number,
-            type_=Boolean(),
-        ).label(f"g{number}")
-        for number, slot in enumerate(slots)
-    ]
-    return select(*checks, *columns).add_cte(*ctes.values())
-
-
-def _failed_guard(exc: DBAPIError) -> int | None:
-    """The number of the guard whose check raised ``exc``, if that is what it is."""
-    if getattr(exc.orig, "sqlstate", None) != GUARD_FAILED:
-        return None
-    diag = getattr(exc.orig, "diag", None)
-    detail = getattr(diag, "message_detail", None)
-    return int(detail) if detail is not None and detail.isdigit() else None
-
-
-def _prefixed(statement: Executable, prefix: str) -> Any:
-    """``statement`` with ``prefix`` before the name of each of its named parameters."""
-
-    def rename(element: ExternallyTraversible, **_: Any) -> ExternallyTraversible | None:
-        if isinstance(element, BindParameter) and not element.unique:
-            return bindparam(prefix + element.key, type_=element.type)
-        return None
-
-    return replacement_traverse(cast(ExternallyTraversible, statement), {}, rename)
-
-
-def _create_engine(settings: Settings, url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size * 2,
-            # A failed statement's error names its statement but not its values:
-            # they can be password hashes, tokens' digests, customers' data.
-            hide_parameters=True,
-        )
-        _configure_sqlite(engine, settings)
-        return engine
-    _cache_long_statements()
-    # Workers, the CLI and the thread pool: every checkout is pinged first, so a
-    # server restart costs them nothing.
-    return create_engine(url, pool_pre_ping=True, **_pool_options(settings))
-
-
-# psycopg turns a query's ``%(name)s`` placeholders into ``$n`` by parsing it in
-# Python, and keeps the result in an LRU cache (128 queries) only for queries
-# under 4 KiB with at most 50 parameters. A unit of work's closing statement (its
-# held-back writes as CTEs, see UnitOfWork.execute_later) is longer, yet its
-# shape repeats with every order: parsing it anew each time was a sixth of the
-# server's samples in a profile of PostgreSQL orders. The cache stays bounded
-# (128 entries of at most these sizes).
-CACHED_STATEMENT_LENGTH = 32 * 1024
-CACHED_STATEMENT_PARAMS = 1000
-
-
-def _cache_long_statements() -> None:
-    from psycopg import _queries
-
-    _queries.MAX_CACHED_STATEMENT_LENGTH = max(
-        _queries.MAX_CACHED_STATEMENT_LENGTH, CACHED_STATEMENT_LENGTH
-    )
-    _queries.MAX_CACHED_STATEMENT_PARAMS = max(
-        _queries.MAX_CACHED_STATEMENT_PARAMS, CACHED_STATEMENT_PARAMS
-    )
-
-
-def _pool_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_pool_size,
-        "pool_recycle": 1800,
-        "hide_parameters": True,
-    }
-
-
-# A pooled connection idle for longer is pinged before use, and replaced if dead.
-PING_AFTER_IDLE_SECONDS = 5.0
-
-
-def _ping_when_idle(engine: Engine) -> None:
-    """Check a connection that sat in the pool for a while before handing it out.
-
-    For the event loop's engine, which serves requests: ``pool_pre_ping`` pings
-    on every checkout, one round trip more per transaction on a busy server
-    whose connections were all in use a moment ago. A connection idle past
-    ``PING_AFTER_IDLE_SECONDS`` (a server restart, a network drop or a proxy's
-    idle cut while nobody used it) is pinged and, if dead, replaced before use.
-    One that died within that time fails its request's statement (a 5xx, safe
-    to retry: orders carry an idempotency key); the pool then drops every
-    connection older than the failure, so the next requests reconnect.
-    """
-
-    @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        record.info["opsline_idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get("opsline_idle_since")
-        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            alive = engine.dialect.do_ping(dbapi_connection)
-        except Exception:
-            alive = False
-        if not alive:
-            raise DisconnectionError("connection died while idle in the pool")
-
-
-def prepare_sqlite_connection(
-    dbapi_connection: Any, settings: Settings, *, busy_timeout_ms: int
-) -> None:
-    """What every SQLite connection of the process is set up with, whichever pool holds it."""
-    # Take transaction control away from the sqlite3 module: we emit BEGIN.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    # Checkpoint every N pages of WAL rather than SQLite's 1,000: a page written
-    # by many commits is copied back to the database once. Per connection: the
-    # commit that passes the mark runs the checkpoint, whichever pool it is in.
-    cursor.execute(f"PRAGMA wal_autocheckpoint={int(settings.sqlite_wal_autocheckpoint)}")
-    cursor.close()
-
-
-def _configure_sqlite(engine: Engine, settings: Settings) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        prepare_sqlite_connection(dbapi_connection, settings, busy_timeout_ms=30_000)
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        options = connection.get_execution_options()
-        if options.get("opsline_no_transaction", False):
-            return  # one statement in autocommit: the sqlite3 module runs it alone
-        if options.get("opsline_read_only", False):
-            connection.exec_driver_sql("BEGIN")
-        elif options.get("opsline_no_wait", False):
-            begin_immediate(connection.connection.dbapi_connection, wait=False)
-        else:
-            begin_immediate(connection.connection.dbapi_connection)
-
-
-WRITE_LOCK_WAIT_SECONDS = 30.0
-
-
-def begin_immediate(dbapi_connection: Any, *, wait: bool = True) -> None:
-    """Take SQLite's write lock, retrying with short sleeps while another process holds it.
-
-    With ``wait=False`` one attempt: :class:`WriteLockBusy` if it is held.
-    """
-    dbapi_connection.execute("PRAGMA busy_timeout=0")
-    try:
-        delay = 0.00005
-        deadline = time.monotonic() + WRITE_LOCK_WAIT_SECONDS
-        while True:
-            try:
-                dbapi_connection.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if not wait:
-                    raise WriteLockBusy from None
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
-    finally:
-        dbapi_connection.execute("PRAGMA busy_timeout=30000")
 
 
 def as_utc(value: datetime) -> datetime:

@@ -12,18 +12,15 @@ PostgreSQL the database's own engine is used.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-import time
 import weakref
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 
-from opsline.db import Database, prepare_sqlite_connection
+from opsline.db import Database, prepare_sqlite_connection, spin_begin_immediate
 
-LOCK_WAIT_SECONDS = 30.0
 _lock = threading.Lock()
 _engines: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
 
@@ -74,16 +71,4 @@ def _create_sqlite_engine(db: Database) -> Engine:
 
 def begin_immediate(dbapi_connection: Any) -> None:
     """Take the SQLite write lock, spinning with short sleeps while another holds it."""
-    delay = 0.00005
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            dbapi_connection.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.002)
+    spin_begin_immediate(dbapi_connection)
