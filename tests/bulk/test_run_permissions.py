@@ -132,9 +132,7 @@ def test_a_scheduled_run_of_a_revoked_api_key_fails(desk: Desk) -> None:
     revoked = desk.client.delete(f"/api/v1/api-keys/{key['id']}", headers=desk.owner.headers)
     assert revoked.status_code == 200, revoked.text
     start_scheduled(_job_ctx(desk), run_id=run["id"], at=run["scheduled_at"])
-    _assert_refused(
-        desk, run, ids, f"the API key that scheduled it (apikey:{key['id']}) was revoked"
-    )
+    _assert_refused(desk, run, ids, f"its API key (apikey:{key['id']}) was revoked")
 
 
 def test_a_scheduled_run_whose_author_still_may_starts(desk: Desk) -> None:

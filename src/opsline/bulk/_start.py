@@ -144,8 +144,11 @@ def _role_now(session: Session, run: BulkRun) -> Role | None:
     return Role(role) if role is not None else None
 
 
-def author_role(session: Session, run: BulkRun, resource: Resource) -> Role:
-    """The role the author of scheduled ``run`` holds now, if it still may run it.
+def author_role(
+    session: Session, run: BulkRun, resource: Resource, *, refused: str = "not started"
+) -> Role:
+    """The role the author of ``run`` holds now, if it still may run it (checked when
+    a scheduled run is due, and before each chunk); ``refused`` begins the reason.
 
     A member must still be an active member of the run's tenant, an API key
     unrevoked, and the role they hold now must have ``bulk.run`` and the
@@ -155,17 +158,15 @@ def author_role(session: Session, run: BulkRun, resource: Resource) -> Role:
     role = _role_now(session, run)
     if role is None:
         if run.actor.startswith("apikey:"):
-            raise AuthorRefused(
-                f"not started: the API key that scheduled it ({run.actor}) was revoked"
-            )
+            raise AuthorRefused(f"{refused}: its API key ({run.actor}) was revoked")
         raise AuthorRefused(
-            f"not started: its author ({run.actor}) is no longer an active member of this tenant"
+            f"{refused}: its author ({run.actor}) is no longer an active member of this tenant"
         )
     principal = Principal(tenant_id=run.tenant_id, role=role, user_id=run.user_id)
     for permission in (BULK_RUN.name, resource.permission_for(run.action)):
         if permission is None or not principal.has(permission):
             raise AuthorRefused(
-                f"not started: its author ({run.actor}) now has the role '{role}', which "
+                f"{refused}: its author ({run.actor}) now has the role '{role}', which "
                 f"lacks the permission '{permission}' to {run.action} {resource.name}"
             )
     return role

@@ -34,13 +34,14 @@ from opsline.bulk.schemas import ACTIVE_STATUSES
 from opsline.db import UnitOfWork, as_utc, utcnow
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Principal
+from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.enqueue import enqueue
 from opsline.platform.engine.events import publish
 from opsline.platform.engine.models import Batch
 from opsline.platform.engine.registry import job
 from opsline.platform.engine.scheduler import periodic
-from opsline.platform.resources import find_resource
+from opsline.platform.resources import Resource, find_resource
 
 log = structlog.get_logger(__name__)
 C = chunks_table.c
@@ -98,8 +99,36 @@ def _appended_error(note: str) -> ColumnElement[str]:
     return func.coalesce(R.error + literal("; ") + literal(note), literal(note))
 
 
-def _principal(run: BulkRun) -> Principal:
+def _author_now(uow: UnitOfWork, run: BulkRun, resource: Resource) -> Principal | None:
+    """Who a chunk of ``run`` acts as, if its author still may run it; else None.
+
+    Checked before every chunk, as a scheduled run is when due: an author removed
+    from the tenant, an API key revoked or a role that lost the permission stops
+    the run (cancelled, the reason in its ``error``; the chunks applied so far stay,
+    and may be undone). A run the author still may run acts throughout with the
+    role it started with: a run demoting every owner, its author among them, is
+    judged as one decision, not by whichever chunk happened to demote the author.
+    """
+    try:
+        _start.author_role(uow.session, run, resource, refused="stopped")
+    except _start.AuthorRefused as refused:
+        _stop(uow, run.id, str(refused))
+        return None
     return Principal(tenant_id=run.tenant_id, role=Role(run.actor_role), user_id=run.user_id)
+
+
+def _stop(uow: UnitOfWork, run_id: uuid.UUID, reason: str) -> None:
+    """Stop a running run whose author may no longer run it (as a cancel does)."""
+    run = _runs.lock_run(uow.session, run_id)
+    if run is None or run.status != "running":
+        return
+    log.warning("bulk_run_stopped", run_id=str(run.id), reason=reason)
+    now = utcnow()
+    run.status, run.error, run.finished_at, run.updated_at = "cancelled", reason, now, now
+    if run.batch_id is not None:
+        cancel_batch(uow, run.batch_id, run.tenant_id)
+    publish(uow, events.BulkActionCancelled(**_runs.event_fields(run)))
+    _runs.announce(uow, run)
 
 
 @job("bulk.apply_chunk", max_attempts=5)
@@ -109,17 +138,20 @@ def apply_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
     try:
         with ctx.unit_of_work() as uow:
             run = uow.session.get(BulkRun, run_id)
-            if run is None or run.status != "running" or not _claim(uow, run_id, chunk):
+            if run is None or run.status != "running":
                 return
-            # Counters move only by SQL increments; this copy must never be flushed back.
-            uow.session.expunge(run)
             resource = find_resource(run.resource)
             if resource is None:
                 raise LookupError(f"resource {run.resource!r} is no longer registered")
+            principal = _author_now(uow, run, resource)
+            if principal is None or not _claim(uow, run_id, chunk):
+                return
+            # Counters move only by SQL increments; this copy must never be flushed back.
+            uow.session.expunge(run)
             assert run.started_at is not None
             plan = build_plan(resource, run.action, run.params, now=as_utc(run.started_at))
             ref = ChunkRef(run.id, run.tenant_id, chunk)
-            outcome = apply_chunk(uow.session, plan, ref, _principal(run), key, run.undo_expires_at)
+            outcome = apply_chunk(uow.session, plan, ref, principal, key, run.undo_expires_at)
             _record(uow, run, chunk, outcome)
     except _RunGone:
         log.info("bulk_chunk_rolled_back", run_id=str(run_id), chunk=chunk)
@@ -139,14 +171,16 @@ def undo_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
             run = uow.session.get(BulkRun, run_id)
             if run is None or run.status != "running" or run.undo_of is None:
                 return
-            original = ChunkRef(run.undo_of, run.tenant_id, chunk)
-            if restored_before(uow.session, original) or not _claim(uow, run_id, chunk):
-                return
-            # Counters move only by SQL increments; this copy must never be flushed back.
-            uow.session.expunge(run)
             resource = find_resource(run.resource)
             if resource is None:
                 raise LookupError(f"resource {run.resource!r} is no longer registered")
+            original = ChunkRef(run.undo_of, run.tenant_id, chunk)
+            if restored_before(uow.session, original) or _author_now(uow, run, resource) is None:
+                return
+            if not _claim(uow, run_id, chunk):
+                return
+            # Counters move only by SQL increments; this copy must never be flushed back.
+            uow.session.expunge(run)
             mine = ChunkRef(run.id, run.tenant_id, chunk)
             outcome = undo_one_chunk(uow.session, resource, original, mine, key, force=run.force)
             _record(uow, run, chunk, outcome)
