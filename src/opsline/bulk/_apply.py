@@ -54,8 +54,9 @@ def failed_ids(ref: ChunkRef) -> Any:
     return select(F.record_id).where(F.run_id == ref.run_id, F.chunk == ref.chunk)
 
 
-def record_failures(session: Session, ref: ChunkRef, source: Any, reason: str) -> None:
-    """``source`` selects record ids; each becomes a failure with ``reason``."""
+def record_failures(session: Session, ref: ChunkRef, source: Any, reason: str) -> int:
+    """``source`` selects record ids; each becomes a failure with ``reason``. Returns
+    how many."""
     cols = [
         literal(ref.run_id).label("run_id"),
         literal(ref.tenant_id).label("tenant_id"),
@@ -63,9 +64,11 @@ def record_failures(session: Session, ref: ChunkRef, source: Any, reason: str) -
         source.c.record_id,
         literal(reason[:300]).label("reason"),
     ]
-    session.execute(
-        insert(failures_table).from_select(
-            ["run_id", "tenant_id", "chunk", "record_id", "reason"], select(*cols)
+    return _sql.rowcount(
+        session.execute(
+            insert(failures_table).from_select(
+                ["run_id", "tenant_id", "chunk", "record_id", "reason"], select(*cols)
+            )
         )
     )
 

@@ -17,6 +17,7 @@ from opsline.bulk.schemas import FINAL_STATUSES, RunOut
 from opsline.db import UnitOfWork, as_utc, new_id, utcnow
 from opsline.platform.context import Context
 from opsline.platform.engine import changes
+from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.events import publish
 
 R = runs_table.c
@@ -155,6 +156,20 @@ def announce(uow: UnitOfWork, run: BulkRun) -> None:
         run.tenant_id,
         {"id": str(run.id), "status": run.status, "processed": run.processed, "failed": run.failed},
     )
+
+
+def cancel(uow: UnitOfWork, run: BulkRun, *, reason: str | None = None) -> None:
+    """Cancel ``run`` (locked, scheduled or running): its pending chunks never start,
+    a chunk committing later rolls back; ``reason`` (a stop, not a person's cancel)
+    goes in its ``error``."""
+    now = utcnow()
+    run.status, run.finished_at, run.updated_at = "cancelled", now, now
+    if reason is not None:
+        run.error = reason
+    if run.batch_id is not None:
+        cancel_batch(uow, run.batch_id, run.tenant_id)
+    publish(uow, events.BulkActionCancelled(**event_fields(run)))
+    announce(uow, run)
 
 
 def final_status(run: BulkRun, dead_chunks: int, unaccounted: int = 0) -> str:

@@ -34,7 +34,7 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import Index, UniqueConstraint, func, insert, select
+from sqlalchemy import Index, UniqueConstraint, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,7 +54,6 @@ from opsline.platform.resources import PolicyCheck, Resource
 S = snapshots_table.c
 R = runs_table.c
 C = chunks_table.c
-F = failures_table.c
 I = items_table.c  # noqa: E741
 SNAPSHOT_GONE = "not restored: the undo data of its chunk is gone (expired and purged)"
 ENDED_UNDO = ("cancelled", "failed")
@@ -120,15 +119,12 @@ def _snapshot_gone(session: Session, original: ChunkRef, undo: ChunkRef) -> Outc
     purged too, so the undo run's ``error`` names the chunk either way.
     """
     covered = chunk_ids(original).where(I.record_id.not_in(failed_ids(original)))
-    record_failures(session, undo, covered.subquery(), SNAPSHOT_GONE)
-    failed = session.scalar(
-        select(func.count()).where(F.run_id == undo.run_id, F.chunk == undo.chunk)
-    )
+    failed = record_failures(session, undo, covered.subquery(), SNAPSHOT_GONE)
     error = (
         f"chunk {original.chunk}: the undo data is gone (expired and purged), "
         "its records were not restored"
     )
-    return Outcome(0, int(failed or 0), error=error)
+    return Outcome(0, failed, error=error)
 
 
 def _write(

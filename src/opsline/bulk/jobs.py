@@ -34,7 +34,6 @@ from opsline.bulk.schemas import ACTIVE_STATUSES
 from opsline.db import UnitOfWork, as_utc, utcnow
 from opsline.platform.auth.roles import Role
 from opsline.platform.context import Principal
-from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.context import JobContext
 from opsline.platform.engine.enqueue import enqueue
 from opsline.platform.engine.events import publish
@@ -123,12 +122,7 @@ def _stop(uow: UnitOfWork, run_id: uuid.UUID, reason: str) -> None:
     if run is None or run.status != "running":
         return
     log.warning("bulk_run_stopped", run_id=str(run.id), reason=reason)
-    now = utcnow()
-    run.status, run.error, run.finished_at, run.updated_at = "cancelled", reason, now, now
-    if run.batch_id is not None:
-        cancel_batch(uow, run.batch_id, run.tenant_id)
-    publish(uow, events.BulkActionCancelled(**_runs.event_fields(run)))
-    _runs.announce(uow, run)
+    _runs.cancel(uow, run, reason=reason)
 
 
 @job("bulk.apply_chunk", max_attempts=5)

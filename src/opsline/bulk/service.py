@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from opsline.bulk import _confirm, _preview, _runs, _start, _undo, events
+from opsline.bulk import _confirm, _preview, _runs, _start, _undo
 from opsline.bulk._spec import (
     Spec,
     build_spec,
@@ -39,9 +39,7 @@ from opsline.bulk.schemas import (
 )
 from opsline.db import UnitOfWork, as_utc, new_id, utcnow
 from opsline.platform.context import Context
-from opsline.platform.engine.batches import cancel_batch
 from opsline.platform.engine.enqueue import enqueue
-from opsline.platform.engine.events import publish
 from opsline.platform.http.pagination import Page, keyset_page
 from opsline.platform.http.problems import Problem
 from opsline.platform.idempotency.service import Outcome, fingerprint, run_idempotent
@@ -335,12 +333,7 @@ def cancel_run(ctx: Context, run_id: uuid.UUID) -> RunOut:
             return _runs.to_out(run)
         if run.status not in ("scheduled", "running"):
             raise RunStateConflict(f"run {run_id} already finished ({run.status})")
-        now = utcnow()
-        run.status, run.finished_at, run.updated_at = "cancelled", now, now
-        if run.batch_id is not None:
-            cancel_batch(uow, run.batch_id, ctx.tenant_id)
-        publish(uow, events.BulkActionCancelled(**_runs.event_fields(run)))
-        _runs.announce(uow, run)
+        _runs.cancel(uow, run)
     return _runs.to_out(run)
 
 

@@ -241,10 +241,6 @@ def test_a_bad_trusted_proxy_is_refused_naming_the_variable(
     assert "OPSLINE_FORWARDED_ALLOW_IPS" in str(refused.value) and said in str(refused.value)
 
 
-def test_no_proxy_is_trusted_by_default() -> None:
-    assert Settings().forwarded_allow_ips == ""
-
-
 def test_a_bad_account_rate_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

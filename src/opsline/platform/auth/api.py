@@ -26,7 +26,7 @@ from opsline.platform.auth.schemas import (
     UserOut,
 )
 from opsline.platform.context import Context
-from opsline.platform.http.deps import Authenticated, RequirePermission, RuntimeDep
+from opsline.platform.http.deps import Authenticated, RequirePermission, RuntimeDep, client_ip
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import TooManyRequests
 from opsline.platform.http.routing import Route
@@ -35,12 +35,6 @@ from opsline.platform.tenancy import service as tenancy
 
 router = APIRouter(tags=["auth"], route_class=Route)
 log = structlog.get_logger(__name__)
-
-
-def client_ip(request: Request) -> str:
-    """The client's address: the peer's, or what a trusted proxy forwarded for it
-    (``OPSLINE_FORWARDED_ALLOW_IPS``, applied by the server before we see it)."""
-    return request.client.host if request.client else "unknown"
 
 
 def _limit_ip(runtime: Runtime, request: Request, response: Response, what: str) -> None:

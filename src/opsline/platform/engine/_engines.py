@@ -64,11 +64,6 @@ def _create_sqlite_engine(db: Database) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        begin_immediate(connection.connection.dbapi_connection)
+        spin_begin_immediate(connection.connection.dbapi_connection)
 
     return engine
-
-
-def begin_immediate(dbapi_connection: Any) -> None:
-    """Take the SQLite write lock, spinning with short sleeps while another holds it."""
-    spin_begin_immediate(dbapi_connection)

@@ -26,9 +26,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from opsline.db import Database, UnitOfWork, utcnow
+from opsline.db import Database, UnitOfWork, spin_begin_immediate, utcnow
 from opsline.platform.engine import _sqlite_hot, _wake, metrics
-from opsline.platform.engine._engines import begin_immediate, hot_engine
+from opsline.platform.engine._engines import hot_engine
 from opsline.platform.engine.errors import InvalidJobArgs
 from opsline.platform.engine.models import (
     PENDING_STATES,
@@ -114,7 +114,7 @@ def _enqueue_direct(db: Database, rows: list[dict[str, Any]]) -> list[int]:
         proxy = engine.raw_connection()
         raw: Any = proxy.dbapi_connection
         try:
-            begin_immediate(raw)
+            spin_begin_immediate(raw)
             try:
                 ids = _sqlite_hot.insert_rows(raw, rows)
                 raw.execute("COMMIT")

@@ -44,8 +44,8 @@ JOBS_STORAGE = {"autovacuum_analyze_scale_factor": 0, "autovacuum_analyze_thresh
 # tail look-up as a walk of the whole queue in claim order and a sort of its
 # waiting jobs (see JOBS_STORAGE); only ix_jobs_fair serves it. Not
 # "priority IS NOT NULL": PostgreSQL 17 drops that qual on a NOT NULL column.
-CLAIM_ORDER = "priority >= -2147483648"
 PRIORITY_RANGE = range(-(2**31), 2**31)
+CLAIM_ORDER = f"priority >= {PRIORITY_RANGE.start}"
 
 
 def in_claim_order(priority: Any) -> Any:

@@ -109,11 +109,16 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+def client_ip(request: Request) -> str:
+    """The client's address: the peer's, or what a trusted proxy forwarded for it
+    (``OPSLINE_FORWARDED_ALLOW_IPS``, applied by the server before we see it)."""
+    return request.client.host if request.client else "unknown"
+
+
 def request_info(request: Request) -> RequestInfo:
-    client = request.client.host if request.client else None
     return RequestInfo(
         request_id=getattr(request.state, "request_id", ""),
-        ip=client,
+        ip=client_ip(request) if request.client else None,
         user_agent=request.headers.get("user-agent"),
     )
 

@@ -11,7 +11,7 @@ from opsline.platform.auth.roles import MEMBERS_MANAGE, TENANT_READ, TENANT_UPDA
 from opsline.platform.auth.schemas import TenantOut, TokenPair
 from opsline.platform.auth.tokens import digest
 from opsline.platform.context import Context
-from opsline.platform.http.deps import RequirePermission, RuntimeDep
+from opsline.platform.http.deps import RequirePermission, RuntimeDep, client_ip
 from opsline.platform.http.pagination import Page, PageDep
 from opsline.platform.http.problems import TooManyRequests
 from opsline.platform.http.routing import Route
@@ -103,7 +103,7 @@ def accept_invite(
     state = runtime.rate_limiter.enforce(
         runtime.settings.rate_limit_auth,
         "accept-invite",
-        auth_api.client_ip(request),
+        client_ip(request),
         what="invitation acceptance from this IP",
     )
     response.headers.update(state.headers())
