@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     # The server's event loop; auto: see ``server_event_loop``.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # Processes ``opsline serve`` answers requests in, on one port: one uses one
+    # core. More need OPSLINE_REDIS_URL, where the processes count rate limits
+    # together and hear each other's live messages (see ``_processes_share_state``).
+    server_processes: int = Field(default=1, ge=1, le=64)
 
     database_url: str | None = None
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
@@ -277,6 +281,24 @@ class Settings(BaseSettings):
                 " (the token is OPSLINE_PAYMENT_GATEWAY_TOKEN)"
             )
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _processes_share_state(self) -> Settings:
+        """Server processes share rate limits and live messages only through Redis.
+
+        Each would count its own rate limits in memory (a password guesser's
+        tries multiplied by the processes), and on SQLite each would hear only
+        the live messages of the orders it placed itself.
+        """
+        if self.server_processes > 1 and not self.redis_url:
+            raise ValueError(
+                f"OPSLINE_SERVER_PROCESSES={self.server_processes} (--processes) needs"
+                " OPSLINE_REDIS_URL: without"
+                " Redis each process counts rate limits on its own (a password guesser"
+                " would get that many more tries) and, on SQLite, live streams hear only"
+                " their own process; set it, or serve with one process"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lock_needs_redis(self) -> Settings:

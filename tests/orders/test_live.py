@@ -5,21 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from opsline.platform.auth.tokens import TokenSigner
 from opsline.platform.realtime.pubsub import PG_CHANNEL
+from tests._sse import sse, statuses_until
 from tests.helpers import PASSWORD
 from tests.orders.conftest import Live
 
@@ -42,80 +40,11 @@ def settings_overrides() -> dict[str, object]:
     return SETTINGS
 
 
-@contextmanager
-def sse(
-    live: Live, headers: dict[str, str], **params: Any
-) -> Iterator[queue.Queue[dict[str, Any]]]:
-    """Read an SSE stream in a thread; yields a queue of parsed events.
-
-    A named event other than ``order.status`` keeps its name (``{"event": ...}``);
-    the server closing the stream puts ``{"closed": True}``.
-    """
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
-    stop = threading.Event()
-    opened = threading.Event()
-
-    http = httpx.Client(base_url=live.base, timeout=None)
-
-    def read() -> None:
-        try:
-            with http.stream(
-                "GET", "/api/v1/orders/live/sse", headers=headers, params=params
-            ) as response:
-                events.put({"status": response.status_code})
-                opened.set()
-                event: dict[str, Any] = {}
-                for line in response.iter_lines():
-                    if stop.is_set():
-                        return
-                    if line.startswith("id: "):
-                        event["id"] = int(line[4:])
-                    elif line.startswith("event: ") and line != "event: order.status":
-                        event["event"] = line[7:]
-                    elif line.startswith("data: "):
-                        event["data"] = json.loads(line[6:])
-                    elif line.startswith(":"):
-                        continue  # heartbeat: a chance to notice the stop flag
-                    elif line == "" and event:
-                        events.put(event)
-                        event = {}
-            if not stop.is_set():
-                events.put({"closed": True})
-        except Exception as exc:
-            if not stop.is_set():
-                events.put({"error": repr(exc)})
-                opened.set()
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    assert opened.wait(10)
-    assert events.get(timeout=5) == {"status": 200}
-    time.sleep(0.2)  # the subscription is live once the first bytes came
-    try:
-        yield events
-    finally:
-        stop.set()
-        http.close()
-        thread.join(timeout=5)
-
-
-def _statuses_until(
-    events: queue.Queue[dict[str, Any]], final: str, timeout: float = 20
-) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while final not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"saw only {seen}"
-        seen.append(events.get(timeout=remaining)["data"]["status"])
-    return seen
-
-
 def test_sse_delivers_my_order_to_paid_and_nothing_to_others(live: Live) -> None:
     product = live.product("LIVE", stock=5)
-    with sse(live, live.member) as mine, sse(live, live.owner) as owners_own:
+    with sse(live.base, live.member) as mine, sse(live.base, live.owner) as owners_own:
         order = live.order([(product, 1)], key="live-1").json()
-        assert _statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+        assert statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
         time.sleep(0.3)
         assert owners_own.empty()  # the owner follows only their own orders here
     assert order["status"] == "PENDING"
@@ -123,15 +52,15 @@ def test_sse_delivers_my_order_to_paid_and_nothing_to_others(live: Live) -> None
 
 def test_sse_resumes_after_last_event_id(live: Live) -> None:
     product = live.product("RESUME", stock=5)
-    with sse(live, live.member) as events:
+    with sse(live.base, live.member) as events:
         live.order([(product, 1)], key="resume-1")
-        _statuses_until(events, "PAID")
+        statuses_until(events, "PAID")
     # Offline meanwhile: a second order goes all the way to PAID.
-    with sse(live, live.member) as probe:
+    with sse(live.base, live.member) as probe:
         live.order([(product, 1)], key="resume-2")
         last = [probe.get(timeout=20) for _ in range(3)]
     first_seq = last[0]["id"] - 1
-    with sse(live, {**live.member, "Last-Event-ID": str(first_seq)}) as resumed:
+    with sse(live.base, {**live.member, "Last-Event-ID": str(first_seq)}) as resumed:
         replay = [resumed.get(timeout=10) for _ in range(3)]
     assert [e["id"] for e in replay] == [e["id"] for e in last]
     assert [e["data"]["status"] for e in replay] == ["PENDING", "PROCESSING", "PAID"]
@@ -344,7 +273,7 @@ def _read_for(socket: ClientConnection, timeout: float) -> None:
 
 def test_removing_a_manager_ends_their_tenant_stream(live: Live) -> None:
     manager, manager_id = live.join("manager")
-    with sse(live, manager, scope="tenant") as events:
+    with sse(live.base, manager, scope="tenant") as events:
         removed = live.http.delete(f"/api/v1/members/{manager_id}", headers=live.owner)
         assert removed.status_code == 204
         problem = _ended_with(events)
@@ -364,7 +293,7 @@ def test_removing_a_manager_closes_their_websocket_with_4401(live: Live) -> None
 
 def test_a_manager_made_member_loses_the_tenant_stream_but_keeps_their_own(live: Live) -> None:
     manager, manager_id = live.join("manager")
-    with sse(live, manager, scope="tenant") as tenant, sse(live, manager) as own:
+    with sse(live.base, manager, scope="tenant") as tenant, sse(live.base, manager) as own:
         changed = live.http.patch(
             f"/api/v1/members/{manager_id}", json={"role": "member"}, headers=live.owner
         )
@@ -372,7 +301,7 @@ def test_a_manager_made_member_loses_the_tenant_stream_but_keeps_their_own(live:
         assert _ended_with(tenant)["status"] == 403
         product = live.product("DEMOTED", stock=5)
         live.order([(product, 1)], key="demoted-1", headers=manager)
-        assert _statuses_until(own, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+        assert statuses_until(own, "PAID") == ["PENDING", "PROCESSING", "PAID"]
 
 
 def test_the_stream_ends_when_its_access_token_expires(live: Live) -> None:
@@ -384,7 +313,7 @@ def test_the_stream_ends_when_its_access_token_expires(live: Live) -> None:
         user_id=claims.user_id, tenant_id=claims.tenant_id, session_id=claims.session_id
     )
     opened = time.monotonic()
-    with sse(live, {"Authorization": f"Bearer {short}"}) as events:
+    with sse(live.base, {"Authorization": f"Bearer {short}"}) as events:
         problem = _ended_with(events, timeout=10)
     assert time.monotonic() - opened > 1.5  # it streamed until then
     assert problem["status"] == 401 and "expired" in problem["detail"]
@@ -400,7 +329,7 @@ def _admitted(live: Live, headers: dict[str, str]) -> int:
 def test_a_stream_beyond_the_principals_cap_is_429_until_one_closes(live: Live) -> None:
     with ExitStack() as streams:
         for _ in range(3):
-            streams.enter_context(sse(live, live.member))
+            streams.enter_context(sse(live.base, live.member))
         with live.http.stream("GET", "/api/v1/orders/live/sse", headers=live.member) as refused:
             assert refused.status_code == 429  # before reading: a stream would never end
             problem = json.loads(refused.read())
@@ -429,11 +358,11 @@ def test_twenty_streams_share_one_listen_connection(live: Live) -> None:
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     product = live.product("MANY", stock=5)
     with ExitStack() as stack:
-        streams = [stack.enter_context(sse(live, live.member)) for _ in range(20)]
+        streams = [stack.enter_context(sse(live.base, live.member)) for _ in range(20)]
         assert _realtime_listeners(live) == 1
         live.order([(product, 1)], key="many-1")
         for events in streams:
-            assert _statuses_until(events, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+            assert statuses_until(events, "PAID") == ["PENDING", "PROCESSING", "PAID"]
 
 
 @pytest.mark.redis
@@ -449,10 +378,10 @@ class TestThroughRedis:
         product = live.product("REDIS", stock=5)
         token = live.member["Authorization"].removeprefix("Bearer ")
         url = live.base.replace("http", "ws") + f"/api/v1/orders/live/ws?access_token={token}"
-        with sse(live, live.member) as mine, connect(url) as socket:
+        with sse(live.base, live.member) as mine, connect(url) as socket:
             time.sleep(0.2)
             order = live.order([(product, 1)], key="redis-1").json()
-            assert _statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
+            assert statuses_until(mine, "PAID") == ["PENDING", "PROCESSING", "PAID"]
             received: list[dict[str, Any]] = []
             while not received or received[-1]["status"] != "PAID":
                 message = json.loads(socket.recv(timeout=20))

@@ -21,7 +21,7 @@ from opsline.platform.http.deps import document_security
 from opsline.platform.http.problems import document_problems
 from opsline.platform.loop import close_running_loop
 from opsline.platform.runtime import Runtime
-from opsline.settings import Settings
+from opsline.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -56,6 +56,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.include_router(router, prefix="/api/v1")
     _with_schemes(app)
     return app
+
+
+def served_app() -> FastAPI:
+    """The app of one of several ``opsline serve`` processes (uvicorn's factory):
+    each builds its own runtime from the environment, as a lone server does."""
+    return create_app(runtime=bootstrap(load_settings(), role="serve"))
 
 
 def _with_schemes(app: FastAPI) -> None:

@@ -12,8 +12,10 @@ from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from opsline.platform.engine import metrics as engine_metrics
 from opsline.platform.http.deps import RuntimeDep
 from opsline.platform.http.routing import Route
+from opsline.platform.observability.metrics import scrape_registry
 from opsline.platform.runtime import Runtime
 
 router = APIRouter(tags=["operations"], route_class=Route)
@@ -48,7 +50,8 @@ def ready(runtime: RuntimeDep) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    registry = scrape_registry(engine_metrics.read_at_scrape())
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def check_dependencies(runtime: Runtime) -> dict[str, str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -24,9 +27,10 @@ from opsline.platform.clitools import (
     resolve_tenant,
     table,
 )
+from opsline.platform.observability.metrics import MULTIPROCESS_DIR
 from opsline.platform.tenancy import service as tenancy
 from opsline.platform.tenancy.demo import load_demo
-from opsline.settings import SettingsError, load_settings
+from opsline.settings import Settings, SettingsError, load_settings
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
@@ -48,38 +52,98 @@ def register(app: typer.Typer) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (OPSLINE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (OPSLINE_PORT).")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes answering on the port (OPSLINE_SERVER_PROCESSES); more than"
+            " one needs OPSLINE_REDIS_URL.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API and its live streams and, embedded, the workers and the scheduler."""
+    try:
+        settings = (
+            load_settings() if processes is None else load_settings(server_processes=processes)
+        )
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    options = _server_options(settings, host, port)
+    if settings.server_processes > 1:
+        _serve_processes(settings, options)
+        return
     import uvicorn
 
     from opsline.api import create_app
     from opsline.bootstrap import bootstrap
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise fail(str(exc), 2) from None
     runtime = bootstrap(settings, role="serve")
-    app = create_app(runtime=runtime)
-    loop = settings.server_event_loop
+    _announce(settings, options, runtime.db.dialect)
+    uvicorn.run(create_app(runtime=runtime), **options)
+
+
+def _server_options(settings: Settings, host: str | None, port: int | None) -> dict[str, Any]:
     proxies = settings.forwarded_allow_ips
-    believed = f", X-Forwarded-For believed from {proxies}" if proxies else ""
-    console.print(
-        f"Opsline serving on http://{host or settings.host}:{port or settings.port} "
-        f"({runtime.db.dialect}, {loop} event loop{believed})"
-    )
-    uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=port or settings.port,
-        loop=loop,
-        log_config=None,
-        access_log=False,
+    return {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "loop": settings.server_event_loop,
+        "log_config": None,
+        "access_log": False,
         # Only from the proxies named: uvicorn's own default believes any peer on
         # loopback, and its FORWARDED_ALLOW_IPS variable is not one of our settings.
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=proxies or None,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
+    }
+
+
+def _announce(settings: Settings, options: dict[str, Any], dialect: str) -> None:
+    proxies = settings.forwarded_allow_ips
+    believed = f", X-Forwarded-For believed from {proxies}" if proxies else ""
+    processes = settings.server_processes
+    each = f", {processes} processes" if processes > 1 else ""
+    console.print(
+        f"Opsline serving on http://{options['host']}:{options['port']} "
+        f"({dialect}, {options['loop']} event loop{each}{believed})"
     )
+
+
+def _serve_processes(settings: Settings, options: dict[str, Any]) -> None:
+    """Serve with ``settings.server_processes`` processes on one port.
+
+    uvicorn's supervisor starts them (each builds its own runtime with
+    :func:`opsline.api.app.served_app`, embedded workers and scheduler included)
+    and starts one again if it dies. Their Prometheus counters are kept in files
+    of one folder (``PROMETHEUS_MULTIPROC_DIR``: the one set, else a new one
+    removed at exit) and ``/metrics`` adds them up, whichever process answers.
+    """
+    import uvicorn
+
+    from opsline.platform.observability.logging import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)  # the supervisor's own logs
+    settings.secret  # noqa: B018 - the key file is written once, before the processes read it
+    dialect = "sqlite" if settings.is_sqlite else "postgresql"
+    metrics_dir = os.environ.get(MULTIPROCESS_DIR)
+    made = None
+    if not metrics_dir:
+        made = tempfile.mkdtemp(prefix="opsline-metrics-")
+        os.environ[MULTIPROCESS_DIR] = made
+    _announce(settings, options, dialect)
+    try:
+        uvicorn.run(
+            "opsline.api.app:served_app",
+            factory=True,
+            workers=settings.server_processes,
+            # A process starting on a busy machine imports for seconds; uvicorn's
+            # 5 s would take it for hung and start another, over and over.
+            timeout_worker_healthcheck=60,
+            **options,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def migrate(

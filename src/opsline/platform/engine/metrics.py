@@ -86,6 +86,12 @@ _collector = QueueCollector()
 _registered = False
 
 
+def read_at_scrape() -> list[Collector]:
+    """The engine's collectors that read the database when scraped (none before
+    :func:`register_queue_collector`)."""
+    return [_collector] if _registered else []
+
+
 def register_queue_collector(db: Database) -> None:
     """Report the depth of ``db``'s queues at scrape time (one database per process)."""
     global _registered
