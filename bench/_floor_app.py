@@ -7,7 +7,8 @@ BEGIN IMMEDIATE on SQLite). Two endpoints, as Opsline runs its own: ``/insert`` 
 a sync endpoint (the thread pool), ``/insert-inline`` an async one that inserts on
 the event loop as Opsline places orders: inline on SQLite, its statement awaited
 on PostgreSQL (``Database.on_loop``).
-Run: ``python -m bench._floor_app PORT`` with the OPSLINE_* database variables.
+Run: ``python -m bench._floor_app PORT`` with the OPSLINE_* database variables; with
+``OPSLINE_SERVER_PROCESSES`` above one in as many processes, as ``opsline serve --processes``.
 """
 
 from __future__ import annotations
@@ -56,10 +57,23 @@ def build(settings: Settings) -> FastAPI:
     return app
 
 
+def from_env() -> FastAPI:
+    """The app of one of several processes (``OPSLINE_SERVER_PROCESSES``), as uvicorn's factory."""
+    return build(load_settings())
+
+
 if __name__ == "__main__":
     settings = load_settings()
+    several = settings.server_processes > 1
+    if several:  # the table made once, before the processes look for it at once
+        made = Database(settings)
+        metadata.create_all(made.engine)
+        made.dispose()
     uvicorn.run(
-        build(settings),
+        "bench._floor_app:from_env" if several else build(settings),
+        factory=several,
+        workers=settings.server_processes,
+        timeout_worker_healthcheck=60,
         host="127.0.0.1",
         port=int(sys.argv[1]),
         loop=settings.server_event_loop,

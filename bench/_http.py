@@ -79,19 +79,42 @@ class Served(NamedTuple):
     pid: int
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and the live processes it started, theirs too (a server's processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # ended meanwhile
+            parents.setdefault(ppid, []).append(int(entry.name))
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(found := pending.pop())
+        pending.extend(parents.get(found, []))
+    return tree
+
+
 def _usage(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system, all threads) and context switches of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    switches = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    """CPU seconds (user + system, all threads) and context switches of a live
+    process and of the processes it started (a server's several processes)."""
+    cpu, switches = 0.0, 0
+    for each in process_tree(pid):
         try:
-            status = (task / "status").read_text()
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{each}/task").iterdir())
         except OSError:
-            continue  # a thread that ended meanwhile
-        for line in status.splitlines():
-            if "ctxt_switches:" in line:
-                switches += int(line.split()[-1])
+            continue  # ended meanwhile
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in tasks:
+            try:
+                status = (task / "status").read_text()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:
+                    switches += int(line.split()[-1])
     return cpu, switches
 
 

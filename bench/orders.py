@@ -56,6 +56,7 @@ from bench._http import (
     free_port,
     log,
     opsline,
+    process_tree,
     require_wrk,
     run_cli,
     server,
@@ -309,7 +310,7 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        for task in (t for each in process_tree(pid) for t in _tasks(each)):
             try:
                 states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
             except FileNotFoundError:
@@ -320,6 +321,13 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
     raise RuntimeError(f"process {pid} did not stop")
 
 
+def _tasks(pid: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []  # ended meanwhile
+
+
 def _quiet(backend: str, env: dict[str, str]) -> Quiet:
     if backend == "sqlite":
         path = Path(env["OPSLINE_VAR_DIR"]) / "opsline.db"
@@ -328,7 +336,9 @@ def _quiet(backend: str, env: dict[str, str]) -> Quiet:
     port = psycopg.conninfo.conninfo_to_dict(url).get("port") or 5432
 
     def no_transaction(pids: list[int]) -> bool:
-        ports = [p for pid in pids for p in _client_ports(pid, int(port))]
+        ports = [
+            p for pid in pids for each in process_tree(pid) for p in _client_ports(each, int(port))
+        ]
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity"
@@ -369,7 +379,11 @@ def _write_lock_free(path: Path) -> bool:
 def _client_ports(pid: int, server_port: int) -> list[int]:
     """The local ports of ``pid``'s TCP connections to ``server_port`` (from /proc)."""
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return []  # ended meanwhile
+    for fd in fds:
         try:
             target = os.readlink(fd)
         except OSError:
@@ -425,10 +439,13 @@ def run_backend(
     lock: bool,
     workers: int,
     worker_process: bool,
+    processes: int = 1,
 ) -> dict[str, Any]:
     with database(backend) as env:
         embedded = 0 if worker_process else workers
         env = {**SERVER_ENV, **env, "OPSLINE_EMBEDDED_WORKERS": str(embedded)}
+        if processes > 1:  # both servers, the orders' and the floor's
+            env = {**env, **REDIS_ENV, "OPSLINE_SERVER_PROCESSES": str(processes)}
         run_cli(opsline("migrate"), env)
         result: dict[str, Any] = {"clients": {}}
         quiet = _quiet(backend, env)
@@ -562,6 +579,13 @@ def main() -> None:
         help="payment worker threads; 0 measures the order requests alone",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes (opsline serve --processes) for the orders and the floor;"
+        " more than one configures Redis, which they need; payment worker threads per process",
+    )
+    parser.add_argument(
         "--worker-process",
         action="store_true",
         help="run the payment workers in their own process (opsline worker), not in the server",
@@ -584,6 +608,7 @@ def main() -> None:
                 lock=not args.quick if args.lock is None else args.lock,
                 workers=args.workers,
                 worker_process=args.worker_process,
+                processes=args.processes,
             )
         except Exception as exc:  # one backend failing must not hide the other's figures
             backends[backend] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -595,6 +620,7 @@ def main() -> None:
             "rounds": rounds,
             "workers": args.workers,
             "worker_process": args.worker_process,
+            "processes": args.processes,
             "backends": backends,
         }
     )
