@@ -22,10 +22,21 @@ A chunk whose snapshot is gone (purged) restores nothing: each record it
 covered (the original chunk's records that did not fail) fails with the reason,
 and the undo run's ``error`` names the chunk.
 
-Undo is idempotent by chunk across undo runs: a chunk restored (at least one
-record written back) by an earlier undo of the same run that was then cancelled
-is never restored again by the next undo (:func:`chunks_to_undo`,
-:func:`restored_before`).
+Undo is idempotent by record across undo runs. An undo that was cancelled,
+failed or completed with errors may be followed by another undo of the same run;
+that one goes over the run's applied chunks again but restores only the records
+no earlier undo restored. Those an earlier undo refused or skipped (a unique
+value taken meanwhile, changed since, a policy's refusal, a snapshot gone) are
+tried again, with the new undo's ``force``; those it restored are left alone,
+even with ``force`` (an edit made since is kept). Which ones were restored is
+read from what the earlier undos stored, nothing else: an undo chunk commits its
+chunk mark and its failures together, and each record of the snapshot it went
+over ends restored, failed with a reason, or left alone as restored before. So a
+record is still to restore when no earlier undo went over its chunk, or when
+every earlier undo that did failed it (:mod:`opsline.bulk._restored`). A record
+restored before counts nowhere in the new undo run: not in its ``total``, nor in
+``processed`` or ``failed`` (the earlier undo run counted it), and a chunk with
+nothing left is not queued.
 """
 
 from __future__ import annotations
@@ -34,14 +45,14 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import Index, UniqueConstraint, insert, select
+from sqlalchemy import Index, Select, UniqueConstraint, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opsline.bulk import _crypto, _sql
 from opsline.bulk._apply import ChunkRef, Outcome, chunk_ids, failed_ids, record_failures
+from opsline.bulk._restored import left_to_restore
 from opsline.bulk.models import (
-    chunks_table,
     failures_table,
     items_table,
     runs_table,
@@ -53,11 +64,8 @@ from opsline.platform.resources import PolicyCheck, Resource
 
 S = snapshots_table.c
 R = runs_table.c
-C = chunks_table.c
 I = items_table.c  # noqa: E741
 SNAPSHOT_GONE = "not restored: the undo data of its chunk is gone (expired and purged)"
-ENDED_UNDO = ("cancelled", "failed")
-"""Final states of an undo after which its run may be undone again."""
 
 
 def undo_chunk(
@@ -71,24 +79,29 @@ def undo_chunk(
 ) -> Outcome:
     """Restore ``original``'s chunk; failures are recorded under ``undo``'s run.
 
-    The caller holds ``undo``'s chunk guard. Every record of the snapshot ends
-    restored or failed with a reason; a missing snapshot fails the chunk
-    (:func:`_snapshot_gone`) instead of raising.
+    The caller holds ``undo``'s chunk guard. Every record of the snapshot that
+    no earlier undo restored (:func:`left_to_restore`) ends restored or failed
+    with a reason; the others are left alone and counted nowhere. A missing
+    snapshot fails the chunk (:func:`_snapshot_gone`) instead of raising.
     """
+    left = left_to_restore(session, original)
     row = session.execute(
         select(S.mode, S.data).where(S.run_id == original.run_id, S.chunk == original.chunk)
     ).first()
     if row is None:
-        return _snapshot_gone(session, original, undo)
+        return _snapshot_gone(session, original, undo, left)
     plain = _crypto.unseal(key, original.tenant_id, original.run_id, original.chunk, row.data)
     snapshot = orjson.loads(plain)
     before: list[dict[str, Any]] = snapshot["b"]
+    if left is not None:
+        ids = set(session.scalars(left))
+        before = [r for r in before if uuid.UUID(str(r["id"])) in ids]
     if not before:
         return Outcome(0, 0)
     if row.mode == "delete":
         keep, conflicts = _deleted_to_restore(session, resource, before)
     else:
-        keep, conflicts = _updated_to_restore(session, resource, original, snapshot, force)
+        keep, conflicts = _updated_to_restore(session, resource, original, snapshot, before, force)
     done, refused = _restore(session, resource, row.mode, keep, undo)
     conflicts += refused
     if conflicts:
@@ -111,14 +124,21 @@ def undo_chunk(
 Conflicts = list[tuple[uuid.UUID, str]]
 
 
-def _snapshot_gone(session: Session, original: ChunkRef, undo: ChunkRef) -> Outcome:
+def _snapshot_gone(
+    session: Session, original: ChunkRef, undo: ChunkRef, left: Select[Any] | None
+) -> Outcome:
     """Fail a chunk whose snapshot is gone: its records are named when still known.
 
     The records it covered are the original chunk's selected records that did
-    not fail (those are what the snapshot held); the run's selection may be
-    purged too, so the undo run's ``error`` names the chunk either way.
+    not fail (those are what the snapshot held), less those an earlier undo
+    restored (``left``); the run's selection may be purged too, so the undo
+    run's ``error`` names the chunk either way.
     """
     covered = chunk_ids(original).where(I.record_id.not_in(failed_ids(original)))
+    if left is not None:
+        if session.execute(left.limit(1)).first() is None:
+            return Outcome(0, 0)  # earlier undos restored all of it: nothing is lost
+        covered = covered.where(I.record_id.in_(left))
     failed = record_failures(session, undo, covered.subquery(), SNAPSHOT_GONE)
     error = (
         f"chunk {original.chunk}: the undo data is gone (expired and purged), "
@@ -274,9 +294,10 @@ def _updated_to_restore(
     resource: Resource,
     original: ChunkRef,
     snapshot: dict[str, Any],
+    before: list[dict[str, Any]],
     force: bool,
 ) -> tuple[list[dict[str, Any]], Conflicts]:
-    before: list[dict[str, Any]] = snapshot["b"]
+    """``before``: the records of ``snapshot`` to restore (those no earlier undo did)."""
     after = {str(r["id"]): r for r in snapshot["a"]}
     table = resource.table
     # The chunk's selected records (a superset of ``before``): no id list as parameters.
@@ -316,44 +337,3 @@ def _deleted_to_restore(
         else:
             keep.append(record)
     return keep, conflicts
-
-
-def _restored_chunks(tenant_id: uuid.UUID, original_id: uuid.UUID) -> Any:
-    """Chunks of run ``original_id`` that an earlier undo, since ended, restored.
-
-    Only an undo that was cancelled or failed lets its run be undone again, so
-    only those are looked at (through the ``(tenant_id, status)`` index). A
-    chunk whose every record was skipped (changed since, refused) restored
-    nothing: it may be tried again.
-    """
-    earlier = select(R.id).where(
-        R.tenant_id == tenant_id, R.status.in_(ENDED_UNDO), R.undo_of == original_id
-    )
-    return select(C.chunk).where(C.run_id.in_(earlier), C.processed > 0)
-
-
-def chunks_to_undo(
-    session: Session, tenant_id: uuid.UUID, run_id: uuid.UUID
-) -> list[tuple[int, int]]:
-    """(chunk, records changed) of the run's applied chunks, less those restored before.
-
-    Read from the chunk marks, not from the snapshots: a chunk whose snapshot
-    is gone is still undone, and fails with the reason, rather than skipped
-    unseen.
-    """
-    rows = session.execute(
-        select(C.chunk, C.processed)
-        .where(
-            C.run_id == run_id,
-            C.processed > 0,
-            C.chunk.not_in(_restored_chunks(tenant_id, run_id)),
-        )
-        .order_by(C.chunk)
-    )
-    return [(row.chunk, row.processed) for row in rows]
-
-
-def restored_before(session: Session, original: ChunkRef) -> bool:
-    """Whether an earlier undo of ``original``'s run restored this chunk already."""
-    done = _restored_chunks(original.tenant_id, original.run_id).where(C.chunk == original.chunk)
-    return session.execute(done.limit(1)).first() is not None

@@ -222,7 +222,8 @@ def undo(
     record the database refuses to restore (its unique value taken since) fails
     with the reason while the rest are restored. 409 while the run or an undo of it
     is running, once it was undone, or after its undo data expired; an undo that was
-    cancelled or failed may be followed by a new one, which skips what it restored."""
+    cancelled, failed or completed with errors may be followed by a new one, which
+    restores only what no earlier undo restored."""
     _limit(request, ctx)
     return service.undo_run(ctx, run_id, force=body.force if body else False)
 

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from opsline.bulk import _crypto, _runs, _sql, _start, events
 from opsline.bulk._apply import ChunkRef, Outcome, apply_chunk
 from opsline.bulk._plan import build_plan
-from opsline.bulk._undo import restored_before
 from opsline.bulk._undo import undo_chunk as undo_one_chunk
 from opsline.bulk.models import (
     BulkRun,
@@ -155,9 +154,10 @@ def apply_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
 def undo_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
     """Undo one chunk of the original run of undo run ``run_id`` (idempotent like apply).
 
-    Idempotent across undo runs too: a chunk an earlier (cancelled) undo of the
-    same run restored is left alone (its undo never queued it; this guards a
-    stray delivery).
+    Idempotent across undo runs too, by record: the records of the chunk an
+    earlier undo of the same run (cancelled, failed, with errors) restored are left alone
+    (a chunk with none left was not queued; a stray delivery of it restores
+    nothing and counts nothing).
     """
     key = _crypto.undo_key(ctx.settings)
     try:
@@ -169,9 +169,7 @@ def undo_chunk_job(ctx: JobContext, run_id: uuid.UUID, chunk: int) -> None:
             if resource is None:
                 raise LookupError(f"resource {run.resource!r} is no longer registered")
             original = ChunkRef(run.undo_of, run.tenant_id, chunk)
-            if restored_before(uow.session, original) or _author_now(uow, run, resource) is None:
-                return
-            if not _claim(uow, run_id, chunk):
+            if _author_now(uow, run, resource) is None or not _claim(uow, run_id, chunk):
                 return
             # Counters move only by SQL increments; this copy must never be flushed back.
             uow.session.expunge(run)

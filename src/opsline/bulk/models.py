@@ -38,6 +38,8 @@ class BulkRun(Base):
     __table_args__ = (
         Index(None, "tenant_id", "created_at", "id"),
         Index(None, "tenant_id", "status"),
+        # The undos of a run: which of its records they restored (bulk/_restored.py).
+        Index(None, "tenant_id", "undo_of"),
         Index(None, "undo_expires_at"),
         # A confirmation token confirms one run: the second run with it cannot commit.
         Index(None, "tenant_id", "confirmation_digest", unique=True),

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from opsline.bulk import _confirm, _preview, _runs, _start, _undo
+from opsline.bulk import _confirm, _preview, _restored, _runs, _start
 from opsline.bulk._spec import (
     Spec,
     build_spec,
@@ -340,16 +340,19 @@ def cancel_run(ctx: Context, run_id: uuid.UUID) -> RunOut:
 def undo_run(ctx: Context, run_id: uuid.UUID, *, force: bool = False) -> RunOut:
     """Start the undo of a run as its own run (a batch of one job per changed chunk).
 
-    A run whose undo was cancelled or failed may be undone again: the new undo
-    leaves out the chunks the earlier one restored. 409 while an undo of it is
-    running, once it was undone, or when its undo data expired.
+    A run whose undo was cancelled, failed or completed with errors may be undone
+    again: the new undo
+    restores only the records no earlier undo restored (those refused or skipped
+    are tried again, with this ``force``); its ``total`` counts only those, and
+    a chunk with none left is not queued. 409 while an undo of it is running,
+    once it was undone, or when its undo data expired.
     """
     with ctx.db.unit_of_work() as uow:
         run = _runs.get_run(uow.session, ctx.tenant_id, run_id)
         run = _runs.lock_run(uow.session, run_id) or run
         _check_undoable(ctx, uow.session, run)
         _check_concurrency(ctx, uow.session)
-        chunks = _undo.chunks_to_undo(uow.session, ctx.tenant_id, run.id)
+        chunks = _restored.chunks_to_undo(uow.session, ctx.tenant_id, run.id)
         undo = _undo_row(ctx, run, force)
         uow.session.add(undo)
         run.undone_by = undo.id
@@ -374,9 +377,9 @@ def _check_undoable(ctx: Context, session: Session, run: BulkRun) -> None:
 
 
 def _check_earlier_undo(session: Session, run: BulkRun, undo_id: uuid.UUID) -> None:
-    """409 unless the last undo of ``run`` ended without finishing (cancelled, failed)."""
+    """409 unless the last undo of ``run`` ended with records left (``ENDED_UNDO``)."""
     status = session.scalar(select(R.status).where(R.id == undo_id))
-    if status in _undo.ENDED_UNDO:
+    if status in _restored.ENDED_UNDO:
         return
     if status in ACTIVE_STATUSES:
         raise RunStateConflict(
