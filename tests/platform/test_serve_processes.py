@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ from typer.testing import CliRunner
 from opsline.cli.main import app as cli_app
 from opsline.platform.engine.processes import settings_env
 from opsline.settings import Settings, SettingsError, load_settings
-from tests._server import free_port
+from tests._server import opsline_serve
 from tests._sse import sse
-from tests.helpers import signup, stop_group
+from tests.helpers import signup
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -54,31 +52,9 @@ def test_serve_refuses_processes_without_redis(
     assert out_of_range.exit_code == 2 and "--processes" in out_of_range.output
 
 
-@contextmanager
-def _serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "opsline"),
-        *("serve", "--host", "127.0.0.1", "--port", str(port)),
-        *("--processes", str(PROCESSES)),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while len(_children(process.pid)) < PROCESSES or not _ready(base):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "opsline serve did not start:\n" + log.read_text()
-            time.sleep(0.2)
-        yield base, process
-    finally:
-        stop_group(process)
-
-
-def _ready(base: str) -> bool:
+def _all_started(base: str, process: subprocess.Popen[bytes]) -> bool:
+    if len(_children(process.pid)) < PROCESSES:
+        return False
     try:
         return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
     except httpx.TransportError:
@@ -144,7 +120,10 @@ def test_processes_share_live_streams_and_metrics(
         OPSLINE_LIVE_HEARTBEAT_SECONDS="0.2",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    with _serving(env, tmp_path / "serve.log") as (base, server), ExitStack() as streams:
+    serving = opsline_serve(
+        env, tmp_path / "serve.log", "--processes", str(PROCESSES), started=_all_started
+    )
+    with serving as (base, server), ExitStack() as streams:
         port = int(base.rsplit(":", 1)[1])
         with httpx.Client(base_url=base, timeout=30) as http:
             owner = signup(http)  # type: ignore[arg-type]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -19,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from opsline.platform.engine.processes import settings_env
 from opsline.settings import Settings, SettingsError, load_settings
-from tests._server import free_port
-from tests.helpers import PASSWORD, assert_problem, signup, stop_group, unique_email
+from tests._server import free_port, opsline_command, opsline_serve
+from tests.helpers import PASSWORD, assert_problem, signup, unique_email
 
 ROOT = Path(__file__).resolve().parents[3]
 LOGIN = "/api/v1/auth/login"
@@ -266,32 +264,10 @@ def serve_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _opsline() -> str:
-    return str(Path(sys.executable).parent / "opsline")
-
-
 @contextmanager
-def _serve(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    command = [_opsline(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "opsline serve did not start:\n" + log.read_text()
-            try:
-                if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+def _base_url(serving: AbstractContextManager[tuple[str, object]]) -> Iterator[str]:
+    with serving as (base, _process):
         yield base
-    finally:
-        stop_group(process)
 
 
 @pytest.fixture
@@ -302,7 +278,7 @@ def served(serve_env: dict[str, str], tmp_path: Path) -> Served:
         env = dict(serve_env)
         if allow is not None:
             env["OPSLINE_FORWARDED_ALLOW_IPS"] = allow
-        return _serve(env, tmp_path / "serve.log")
+        return _base_url(opsline_serve(env, tmp_path / "serve.log"))
 
     return start
 
@@ -359,7 +335,7 @@ def test_a_client_cannot_pass_itself_off_as_another_through_a_trusted_proxy(
 def test_serve_refuses_a_bad_trusted_proxy_at_start(serve_env: dict[str, str]) -> None:
     env = {**serve_env, "OPSLINE_FORWARDED_ALLOW_IPS": "proxy.internal"}
     done = subprocess.run(
-        [_opsline(), "serve", "--port", str(free_port())],
+        [opsline_command(), "serve", "--port", str(free_port())],
         env=env,
         cwd=ROOT,
         capture_output=True,
