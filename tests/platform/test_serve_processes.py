@@ -1,14 +1,15 @@
 """``opsline serve --processes N``: several processes on one port, sharing what must be shared.
 
 A real server over loopback: live streams held by either process hear orders
-placed through the other, and ``/metrics`` adds up every process's counters
-whichever one answers the scrape.
+placed through the other, ``/metrics`` adds up every process's counters
+whichever one answers the scrape, and a process killed outright is replaced.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -141,17 +142,8 @@ def test_processes_share_live_streams_and_metrics(
             while not all(_held_connections(pid, port) for pid in children):
                 assert len(opened) < 16, "every stream landed on one process"
                 opened.append(streams.enter_context(sse(base, owner.headers)))
-            placed = []
-            for _ in range(3):  # each on a new connection: any process may place it
-                headers = {**owner.headers, "Idempotency-Key": uuid.uuid4().hex}
-                order = httpx.post(
-                    f"{base}/api/v1/orders",
-                    json={"items": [{"product_id": product_id, "quantity": 1}]},
-                    headers=headers,
-                    timeout=30,
-                )
-                assert order.status_code == 201, order.text
-                placed.append(order.json()["id"])
+            # Each on a new connection: any process may place it.
+            placed = [_order(base, owner.headers, product_id) for _ in range(3)]
         for events in opened:
             # Each stream hears every order, from whichever process placed it.
             heard: dict[str, list[str]] = {}
@@ -167,3 +159,26 @@ def test_processes_share_live_streams_and_metrics(
         assert {_metric(base, "opsline_http_requests_total", created) for _ in range(6)} == {3.0}
         kept_by = {int(p.stem.split("_")[-1]) for p in metrics_dir.glob("counter_*.db")}
         assert set(children) <= kept_by
+
+        # A process killed outright is replaced; its counts stay in the sums.
+        os.kill(children[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while children[0] in _children(server.pid) or not _all_started(base, server):
+            assert time.monotonic() < deadline, "the killed process was not replaced"
+            time.sleep(0.2)
+        assert len(set(_children(server.pid)) - set(children)) == 1
+        for _ in range(4):
+            _order(base, owner.headers, product_id)
+        assert {_metric(base, "opsline_http_requests_total", created) for _ in range(6)} == {7.0}
+
+
+def _order(base: str, headers: dict[str, str], product_id: str) -> str:
+    """Place an order of one unit on a connection of its own; its id."""
+    order = httpx.post(
+        f"{base}/api/v1/orders",
+        json={"items": [{"product_id": product_id, "quantity": 1}]},
+        headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+        timeout=30,
+    )
+    assert order.status_code == 201, order.text
+    return str(order.json()["id"])
