@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from tests._server import opsline_serve
 from tests._sse import sse
 from tests.helpers import signup
 
-ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 2
 
 
@@ -53,13 +53,19 @@ def test_serve_refuses_processes_without_redis(
     assert out_of_range.exit_code == 2 and "--processes" in out_of_range.output
 
 
-def _all_started(base: str, process: subprocess.Popen[bytes]) -> bool:
-    if len(_children(process.pid)) < PROCESSES:
-        return False
-    try:
-        return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+def _serving_when(log: Path, processes: int) -> Callable[[str, subprocess.Popen[bytes]], bool]:
+    """Whether ``processes`` server processes have started up, so that each accepts
+    connections (uvicorn logs each one's start-up), and the server is ready."""
+
+    def started(base: str, _process: subprocess.Popen[bytes]) -> bool:
+        if log.read_text().count("Application startup complete") < processes:
+            return False
+        try:
+            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return started
 
 
 def _children(pid: int) -> list[int]:
@@ -119,10 +125,12 @@ def test_processes_share_live_streams_and_metrics(
         OPSLINE_PAYMENT_SUCCESS_RATE="1.0",
         OPSLINE_LIVE_MAX_STREAMS_PER_USER="20",
         OPSLINE_LIVE_HEARTBEAT_SECONDS="0.2",
+        OPSLINE_LOG_LEVEL="INFO",  # each process logs its start-up (_serving_when)
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
+    log = tmp_path / "serve.log"
     serving = opsline_serve(
-        env, tmp_path / "serve.log", "--processes", str(PROCESSES), started=_all_started
+        env, log, "--processes", str(PROCESSES), started=_serving_when(log, PROCESSES)
     )
     with serving as (base, server), ExitStack() as streams:
         port = int(base.rsplit(":", 1)[1])
@@ -163,7 +171,8 @@ def test_processes_share_live_streams_and_metrics(
         # A process killed outright is replaced; its counts stay in the sums.
         os.kill(children[0], signal.SIGKILL)
         deadline = time.monotonic() + 120
-        while children[0] in _children(server.pid) or not _all_started(base, server):
+        replaced = _serving_when(log, PROCESSES + 1)
+        while children[0] in _children(server.pid) or not replaced(base, server):
             assert time.monotonic() < deadline, "the killed process was not replaced"
             time.sleep(0.2)
         assert len(set(_children(server.pid)) - set(children)) == 1
