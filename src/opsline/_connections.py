@@ -79,12 +79,9 @@ def _create_engine(settings: Settings, url: str) -> Engine:
         _configure_sqlite(engine, settings)
         return engine
     _cache_long_statements()
-    # Workers, the CLI and the thread pool: a connection idle for a while is
-    # pinged before use, as the event loop's are (``_ping_when_idle``), not every
-    # one: that was a round trip more for each transaction, each job enqueued.
-    engine = create_engine(url, **_pool_options(settings))
-    _ping_when_idle(engine)
-    return engine
+    # Workers, the CLI and the thread pool: every checkout is pinged first, so a
+    # server restart costs them nothing.
+    return create_engine(url, pool_pre_ping=True, **_pool_options(settings))
 
 
 # psycopg turns a query's ``%(name)s`` placeholders into ``$n`` by parsing it in
@@ -125,15 +122,14 @@ PING_AFTER_IDLE_SECONDS = 5.0
 def _ping_when_idle(engine: Engine) -> None:
     """Check a connection that sat in the pool for a while before handing it out.
 
-    For every PostgreSQL engine: ``pool_pre_ping`` pings on every checkout, one
-    round trip more per transaction on a busy server, worker or import whose
-    connections were all in use a moment ago. A connection idle past
+    For the event loop's engine, which serves requests: ``pool_pre_ping`` pings
+    on every checkout, one round trip more per transaction on a busy server
+    whose connections were all in use a moment ago. A connection idle past
     ``PING_AFTER_IDLE_SECONDS`` (a server restart, a network drop or a proxy's
     idle cut while nobody used it) is pinged and, if dead, replaced before use.
-    One that died within that time fails its statement: a request's 5xx (safe
-    to retry: orders carry an idempotency key), a job attempt retried, a
-    worker's claim tried again; the pool then drops every connection older than
-    the failure, so the next units reconnect.
+    One that died within that time fails its request's statement (a 5xx, safe
+    to retry: orders carry an idempotency key); the pool then drops every
+    connection older than the failure, so the next requests reconnect.
     """
 
     @event.listens_for(engine, "checkin")
