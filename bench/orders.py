@@ -308,9 +308,10 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
     """Until every thread of ``pid`` is stopped: until then one may still take a
     lock after the check that found none."""
     deadline = time.monotonic() + timeout
+    tree = process_tree(pid)  # a stopped group starts no process
     while time.monotonic() < deadline:
         states = []
-        for task in (t for each in process_tree(pid) for t in _tasks(each)):
+        for task in (t for each in tree for t in _tasks(each)):
             try:
                 states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
             except FileNotFoundError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -119,12 +120,19 @@ class Widgets:
             return [tuple(r) for r in session.execute(stmt)]
 
 
+@contextmanager
+def registered(runtime: Runtime, tables: MetaData, resource: Resource) -> Iterator[None]:
+    """A test resource's tables made and the resource registered, for the block."""
+    tables.create_all(runtime.db.engine)
+    register_resource(resource)
+    try:
+        yield
+    finally:
+        unregister_resource(resource.name)
+        tables.drop_all(runtime.db.engine)
+
+
 @pytest.fixture
 def widget_table(runtime: Runtime) -> Iterator[Widgets]:
-    metadata.create_all(runtime.db.engine)
-    register_resource(WIDGETS)
-    try:
+    with registered(runtime, metadata, WIDGETS):
         yield Widgets(runtime)
-    finally:
-        unregister_resource(WIDGETS.name)
-        metadata.drop_all(runtime.db.engine)

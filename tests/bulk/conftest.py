@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, text
 
 from opsline.db import utcnow
 from opsline.orders.models import Product
+from opsline.platform.engine.models import EventRecord
 from opsline.platform.runtime import Runtime
 from tests.bulk._widgets import widget_table
 from tests.helpers import Account, signup
@@ -102,6 +103,14 @@ class Desk:
             if ids is not None:
                 stmt = stmt.where(Product.id.in_([uuid.UUID(i) for i in ids]))
             return {str(p.id): p for p in session.scalars(stmt)}
+
+    def events(self, type_: str, run_id: str) -> list[dict[str, Any]]:
+        """The payloads of the ``type_`` events published about run ``run_id``."""
+        with self.runtime.db.read() as session:
+            payloads = session.scalars(
+                select(EventRecord.payload).where(EventRecord.type == type_)
+            ).all()
+        return [p for p in payloads if p["run_id"] == run_id]
 
 
 @pytest.fixture

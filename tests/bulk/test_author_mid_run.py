@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from opsline.bulk.jobs import apply_chunk_job, undo_chunk_job
-from opsline.platform.engine.models import EventRecord
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
 from tests.bulk.test_undo_robust import _finish, _queued_chunks, _start_undo
@@ -41,14 +38,6 @@ def _renamed(desk: Desk, ids: list[str]) -> list[str]:
     return sorted(i for i in ids if products[i].name == "renamed")
 
 
-def _cancel_events(desk: Desk, run_id: str) -> list[dict[str, Any]]:
-    with desk.runtime.db.read() as session:
-        payloads = session.scalars(
-            select(EventRecord.payload).where(EventRecord.type == "bulk.action_cancelled")
-        ).all()
-    return [p for p in payloads if p["run_id"] == run_id]
-
-
 def _remove(desk: Desk, who: Account) -> None:
     removed = desk.client.delete(f"/api/v1/members/{who.user_id}", headers=desk.owner.headers)
     assert removed.status_code == 204, removed.text
@@ -71,7 +60,7 @@ def test_a_run_stops_before_its_next_chunk_once_its_author_was_removed(desk: Des
         f"stopped: its author (user:{manager.user_id}) is no longer an active member of this tenant"
     )
     assert _renamed(desk, ids) == applied
-    assert len(_cancel_events(desk, run["id"])) == 1
+    assert len(desk.events("bulk.action_cancelled", run["id"])) == 1
     # What was applied may still be undone, by someone who may.
     undo = _start_undo(desk, run["id"])
     for chunk in _queued_chunks(desk, undo["id"]):

@@ -5,11 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-
 from opsline.bulk.jobs import start_scheduled
 from opsline.db import utcnow
-from opsline.platform.engine.models import EventRecord
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
 from tests.helpers import Account, add_member, assert_problem
@@ -66,20 +63,12 @@ def test_member_cannot_cancel_an_owners_running_soft_delete(desk: Desk) -> None:
     assert desk.get(f"/runs/{run['id']}").json()["status"] == "running"
 
 
-def _failed_events(desk: Desk, run_id: str) -> list[dict[str, Any]]:
-    with desk.runtime.db.read() as session:
-        payloads = session.scalars(
-            select(EventRecord.payload).where(EventRecord.type == "bulk.action_failed")
-        ).all()
-    return [p for p in payloads if p["run_id"] == run_id]
-
-
 def _assert_refused(desk: Desk, run: dict[str, Any], ids: list[str], reason: str) -> None:
     done = desk.get(f"/runs/{run['id']}").json()
     assert (done["status"], done["processed"], done["started_at"]) == ("failed", 0, None)
     assert done["error"].startswith("not started: ") and reason in done["error"], done["error"]
     assert all(p.deleted_at is None for p in desk.products(ids).values())
-    assert [e["error"] for e in _failed_events(desk, run["id"])] == [done["error"]]
+    assert [e["error"] for e in desk.events("bulk.action_failed", run["id"])] == [done["error"]]
 
 
 def test_a_scheduled_run_whose_author_was_removed_fails_and_changes_nothing(

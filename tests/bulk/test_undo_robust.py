@@ -36,8 +36,9 @@ from opsline.db import UtcDateTime, utcnow
 from opsline.orders.models import Product
 from opsline.orders.permissions import PRODUCTS_READ, PRODUCTS_WRITE
 from opsline.platform.engine.models import Job
-from opsline.platform.resources import Field, Resource, register_resource, unregister_resource
+from opsline.platform.resources import Field, Resource
 from opsline.platform.runtime import Runtime
+from tests.bulk._widgets import registered
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
 from tests.helpers import assert_problem
@@ -102,13 +103,8 @@ class Gadgets:
 
 @pytest.fixture
 def gadget_table(runtime: Runtime) -> Iterator[Gadgets]:
-    metadata.create_all(runtime.db.engine)
-    register_resource(GADGETS)
-    try:
+    with registered(runtime, metadata, GADGETS):
         yield Gadgets(runtime)
-    finally:
-        unregister_resource(GADGETS.name)
-        metadata.drop_all(runtime.db.engine)
 
 
 def _finish(desk: Desk, run_id: str) -> dict[str, Any]:

@@ -39,13 +39,14 @@ def test_more_than_one_process_needs_redis(monkeypatch: pytest.MonkeyPatch) -> N
     message = str(refused.value)
     assert "OPSLINE_SERVER_PROCESSES" in message and "OPSLINE_REDIS_URL" in message
     assert "rate limits" in message
-    assert load_settings(server_processes=1).server_processes == 1
+    redis = load_settings(server_processes=2, redis_url="redis://127.0.0.1:6379/15")
+    assert redis.server_processes == 2
 
 
-def test_serve_refuses_processes_without_redis(
-    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_serve_refuses_processes_without_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before anything is opened: no database is needed."""
     monkeypatch.delenv("OPSLINE_REDIS_URL", raising=False)
+    cli = CliRunner()
     result = cli.invoke(cli_app, ["serve", "--processes", "3"])
     assert result.exit_code == 2, result.output
     assert "OPSLINE_REDIS_URL" in result.output

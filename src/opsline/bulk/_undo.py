@@ -155,42 +155,27 @@ def _write(
     tenant_id: uuid.UUID,
 ) -> tuple[int, Conflicts]:
     """Write ``records`` back in one statement inside a savepoint; should the database
-    refuse it, one by one (:func:`_write_one_by_one`). Returns (restored, refused)."""
+    refuse it, each record in a savepoint of its own, so that a refused one fails with
+    why and the rest go ahead. Returns (restored, refused)."""
+
+    def write(batch: list[dict[str, Any]]) -> int:
+        columns, data = list(batch[0]), orjson.dumps(batch)
+        if mode == "delete":
+            return _sql.restore_insert(session, resource.table, columns, data)
+        return _sql.restore_update(session, resource.table, columns, data, tenant_id)
+
     if not records:
         return 0, []
     try:
         with session.begin_nested():
-            return _write_set(session, resource, mode, records, tenant_id), []
+            return write(records), []
     except IntegrityError:
-        return _write_one_by_one(session, resource, mode, records, tenant_id)
-
-
-def _write_set(
-    session: Session,
-    resource: Resource,
-    mode: str,
-    records: list[dict[str, Any]],
-    tenant_id: uuid.UUID,
-) -> int:
-    columns, data = list(records[0]), orjson.dumps(records)
-    if mode == "delete":
-        return _sql.restore_insert(session, resource.table, columns, data)
-    return _sql.restore_update(session, resource.table, columns, data, tenant_id)
-
-
-def _write_one_by_one(
-    session: Session,
-    resource: Resource,
-    mode: str,
-    records: list[dict[str, Any]],
-    tenant_id: uuid.UUID,
-) -> tuple[int, Conflicts]:
-    """Each record in its own savepoint: a refused one fails with why, the rest go ahead."""
+        pass
     done, refused = 0, []
     for record in records:
         try:
             with session.begin_nested():
-                done += _write_set(session, resource, mode, [record], tenant_id)
+                done += write([record])
         except IntegrityError as exc:
             rid = uuid.UUID(str(record["id"]))
             refused.append((rid, _refusal(session, resource, record, exc)))

@@ -79,7 +79,7 @@ def serve(
     from opsline.bootstrap import bootstrap
 
     runtime = bootstrap(settings, role="serve")
-    _announce(settings, options, runtime.db.dialect)
+    _announce(settings, options)
     uvicorn.run(create_app(runtime=runtime), **options)
 
 
@@ -98,7 +98,8 @@ def _server_options(settings: Settings, host: str | None, port: int | None) -> d
     }
 
 
-def _announce(settings: Settings, options: dict[str, Any], dialect: str) -> None:
+def _announce(settings: Settings, options: dict[str, Any]) -> None:
+    dialect = "sqlite" if settings.is_sqlite else "postgresql"
     proxies = settings.forwarded_allow_ips
     believed = f", X-Forwarded-For believed from {proxies}" if proxies else ""
     processes = settings.server_processes
@@ -124,13 +125,12 @@ def _serve_processes(settings: Settings, options: dict[str, Any]) -> None:
 
     configure_logging(settings.log_format, settings.log_level)  # the supervisor's own logs
     settings.secret  # noqa: B018 - the key file is written once, before the processes read it
-    dialect = "sqlite" if settings.is_sqlite else "postgresql"
     metrics_dir = os.environ.get(MULTIPROCESS_DIR)
     made = None
     if not metrics_dir:
         made = tempfile.mkdtemp(prefix="opsline-metrics-")
         os.environ[MULTIPROCESS_DIR] = made
-    _announce(settings, options, dialect)
+    _announce(settings, options)
     try:
         uvicorn.run(
             "opsline.api.app:served_app",
