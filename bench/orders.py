@@ -26,7 +26,10 @@ Usage: ``python -m bench.orders [--quick] [--backends sqlite,postgresql] [--clie
 requests alone, payments left pending; ``--worker-process``: the payment workers in an
 ``opsline worker`` process of their own, whose CPU per order is
 ``helper_cpu_ms_per_request``).
-The last line of stdout is one JSON object.
+The last line of stdout is one JSON object; its ``targets`` tell each of issue 4's
+targets per database and client count: the ratio reached and whether it is met
+(orders against both floors, the hot SKU against the raw UPDATE on PostgreSQL, no
+oversell).
 """
 
 from __future__ import annotations
@@ -555,6 +558,45 @@ def _ratios(result: dict[str, Any]) -> None:
             figures["redis_cost"] = round(1 - with_redis / without, 3) if without else None
 
 
+# Issue 4's targets: orders/s at least half the bare endpoint's (on both databases,
+# told here against each of the two floors), hot-SKU orders/s on PostgreSQL at least
+# a quarter of the raw conditional UPDATE's, and no oversell.
+HALF_OF_FLOOR, QUARTER_OF_RAW = 0.5, 0.25
+
+
+def _targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target per database and client count: the ratio reached and whether it is met."""
+    verdicts: list[dict[str, Any]] = []
+
+    def verdict(target: str, backend: str, clients: Any, ratio: float | None, bar: float) -> None:
+        met = ratio is not None and ratio >= bar
+        verdicts.append(
+            {"target": target, "backend": backend, "clients": clients, "ratio": ratio, "met": met}
+        )
+
+    for backend, result in backends.items():
+        if "clients" not in result:
+            continue  # the backend failed: its error stands in the figures
+        for clients, figures in result["clients"].items():
+            for floor, suffix in (("pool", ""), ("loop", "_inline")):
+                ratios = [figures[f"ratio_{s}_to_floor{suffix}"] for s in ("hot", "spread")]
+                lowest = None if None in ratios else min(ratios)
+                verdict(f"orders_half_of_{floor}_floor", backend, clients, lowest, HALF_OF_FLOOR)
+            if backend == "postgresql":
+                ratio = figures.get("ratio_hot_to_raw_update")
+                verdict("hot_quarter_of_raw_update", backend, clients, ratio, QUARTER_OF_RAW)
+        verdicts.append(
+            {
+                "target": "zero_oversell",
+                "backend": backend,
+                "clients": "all",
+                "oversell": result["oversell"],
+                "met": result["oversell"] == 0,
+            }
+        )
+    return verdicts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one client count, short runs")
@@ -623,6 +665,7 @@ def main() -> None:
             "worker_process": args.worker_process,
             "processes": args.processes,
             "backends": backends,
+            "targets": _targets(backends),
         }
     )
 
