@@ -51,6 +51,11 @@ def _run_to_end(desk: Desk, undo: dict[str, Any]) -> dict[str, Any]:
     return _finish(desk, undo["id"])
 
 
+def _counts(run: dict[str, Any]) -> tuple[str, int, int, int]:
+    """An undo run's status, total, processed and failed."""
+    return run["status"], run["total"], run["processed"], run["failed"]
+
+
 def _hard_delete(desk: Desk, ids: list[str]) -> dict[str, Any]:
     """Soft then hard delete ``ids`` in chunks of two; returns the hard delete run."""
     _apply(desk, {"resource": "products", "action": "soft_delete", "ids": ids})
@@ -93,12 +98,7 @@ def test_a_record_refused_for_a_taken_sku_is_restored_by_the_next_undo_once_free
     done = _run_to_end(desk, second)
 
     assert _queued_chunks(desk, second["id"]) == [0, 1]
-    assert (done["status"], done["total"], done["processed"], done["failed"]) == (
-        "completed",
-        3,
-        3,
-        0,
-    )
+    assert _counts(done) == ("completed", 3, 3, 0)
     after = desk.products(ids)
     assert set(after) == set(ids)
     assert after[kept].name == EDITED  # restored by the first undo: not written again
@@ -123,12 +123,7 @@ def test_a_record_skipped_as_changed_since_is_restored_by_the_next_undo_with_for
     second = _start_undo(desk, run["id"], force=True)
     done = _run_to_end(desk, second)
 
-    assert (done["status"], done["total"], done["processed"], done["failed"]) == (
-        "completed",
-        3,
-        3,
-        0,
-    )
+    assert _counts(done) == ("completed", 3, 3, 0)
     names = {i: p.name for i, p in desk.products(ids).items()}
     assert names[kept] == EDITED  # force overwrites what is left, not what was restored
     assert all(names[i] == before[i].name for i in ids if i != kept)
