@@ -13,18 +13,8 @@ from typing import Any
 from opsline.bulk.jobs import apply_chunk_job, undo_chunk_job
 from tests.bulk.conftest import Desk
 from tests.bulk.test_safety import _job_ctx
-from tests.bulk.test_undo_robust import _finish, _queued_chunks, _start_undo
+from tests.bulk.test_undo_robust import _finish, _queued_chunks, _rename, _start_undo
 from tests.helpers import Account, add_member
-
-
-def _rename(ids: list[str]) -> dict[str, Any]:
-    return {
-        "resource": "products",
-        "action": "update",
-        "ids": ids,
-        "params": {"set": {"name": "renamed"}},
-        "batch_size": 2,
-    }
 
 
 def _chunks(desk: Desk, run_id: str) -> list[int]:
